@@ -21,14 +21,26 @@ def _build_info() -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    return _build_info()
+    if args.file is None:
+        return _build_info()
+    from .fileinfo import describe_file
+    from .ggufio import GGUFError
+
+    try:
+        print(describe_file(args.file))
+    except (GGUFError, OSError) as e:
+        print(f"bonsai-sd info: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bonsai-sd", description="Ternary and binary image models in stable-diffusion.cpp")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
-    info = sub.add_parser("info", help="show this build: versions, backends and the ggml type table")
+    info = sub.add_parser("info", help="show a GGUF file's tensors and metadata, or (without FILE) this build: "
+                                       "versions, backends and the ggml type table")
+    info.add_argument("file", nargs="?", metavar="FILE", help="a GGUF file")
     info.set_defaults(func=_cmd_info)
     return parser
 
