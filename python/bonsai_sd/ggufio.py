@@ -112,10 +112,16 @@ class GGUFContents:
 
     def read(self, entry: TensorEntry) -> np.ndarray:
         """The tensor's bytes, read from the file (no memory map)."""
+        return self.read_range(entry, 0, entry.n_bytes)
+
+    def read_range(self, entry: TensorEntry, start: int, nbytes: int) -> np.ndarray:
+        """Bytes [start, start + nbytes) of a tensor's data."""
+        if start < 0 or start + nbytes > entry.n_bytes:
+            raise GGUFError(f"{self.path}: bytes {start}..{start + nbytes} are outside tensor {entry.name!r}")
         with open(self.path, "rb") as f:
-            f.seek(entry.offset)
-            data = np.fromfile(f, np.uint8, entry.n_bytes)
-        if data.size != entry.n_bytes:
+            f.seek(entry.offset + start)
+            data = np.fromfile(f, np.uint8, nbytes)
+        if data.size != nbytes:
             raise GGUFError(f"{self.path}: tensor {entry.name!r} is truncated")
         return data
 
@@ -281,6 +287,7 @@ class GGUFStreamWriter:
         self._next = 0
         self._written = 0
         self._committed = False
+        self._finished = False
         try:
             self._writer = gguf.GGUFWriter(self._tmp, arch)
             for key, value in metadata.items():
@@ -322,14 +329,22 @@ class GGUFStreamWriter:
             self._next += 1
             self._written = 0
 
-    def commit(self) -> Path:
-        if self._committed:
-            return self.path
+    def finish(self) -> Path:
+        """Complete and close the file, still under its temporary name (to check it before commit)."""
+        if self._finished:
+            return self._tmp
         if self.current is not None:
             raise GGUFError(f"{self.path}: tensor {self.current.name!r} was not written completely")
         self._out.flush()
         os.fsync(self._out.fileno())
         self._writer.close()
+        self._finished = True
+        return self._tmp
+
+    def commit(self) -> Path:
+        if self._committed:
+            return self.path
+        self.finish()
         os.replace(self._tmp, self.path)
         self._committed = True
         return self.path
