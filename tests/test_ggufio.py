@@ -51,8 +51,8 @@ def test_write_read_round_trip_all_types(tmp_path):
     path = tmp_path / "all.gguf"
     tensors, values = _all_types_file(path, np.random.default_rng(3))
     contents = read_gguf(path)
-    assert contents.metadata[CONTRACT_KEY] == ["41:Q1_0:128:18:1", "42:Q2_0:64:18:1",
-                                              "142:PQ2_0:128:34:1", "143:PTQ1_0:128:28:1"]
+    assert contents.metadata[CONTRACT_KEY] == ["41:q1_0:128:18:1", "42:q2_0:64:18:1",
+                                              "142:pq2_0:128:34:1", "143:ptq1_0:128:28:1"]
     assert contents.metadata["general.name"] == "all four" and contents.metadata["test.count"] == 4
     assert [t.name for t in contents.tensors] == list(tensors)
     for entry in contents.tensors:
@@ -69,7 +69,7 @@ def test_write_read_round_trip_all_types(tmp_path):
 def test_contract_lists_only_the_types_used(tmp_path):
     x = _ternary_rows(np.random.default_rng(0), 2, 128)
     write_gguf(tmp_path / "one.gguf", {"w": (PTQ1_0.type_id, lowbit.quantize(x, PTQ1_0), x.shape)})
-    assert read_gguf(tmp_path / "one.gguf").metadata[CONTRACT_KEY] == ["143:PTQ1_0:128:28:1"]
+    assert read_gguf(tmp_path / "one.gguf").metadata[CONTRACT_KEY] == ["143:ptq1_0:128:28:1"]
     write_gguf(tmp_path / "none.gguf", {"w": (1, x.astype(np.float16), x.shape)})
     assert CONTRACT_KEY not in read_gguf(tmp_path / "none.gguf").metadata
 
@@ -92,14 +92,18 @@ def _raw_file(tmp_path, type_id, nbytes, contract=None, then_another=True, row=2
     return write_raw_gguf(tmp_path / "f.gguf", tensors, kv)
 
 
-def test_private_ids_need_the_contract(tmp_path):
-    path = _raw_file(tmp_path, PQ2_0.type_id, 4 * 2 * 34)
-    with pytest.raises(GGUFError, match=r"'blk.0.w' has type PQ2_0 \(id 142\) but the file has no bonsai_sd.types"):
+def test_layout_contract_rules(tmp_path):
+    # Without a contract, the published layouts are assumed (PrismML's own GGUFs have none).
+    assert read_gguf(_raw_file(tmp_path, PQ2_0.type_id, 4 * 2 * 34)).tensors[0].type_name == "PQ2_0"
+    # With one, every used id >= 100 must be declared, and declared as we read it.
+    path = _raw_file(tmp_path, PQ2_0.type_id, 4 * 2 * 34, contract="41:q1_0:128:18:1")
+    with pytest.raises(GGUFError, match=r"'blk.0.w' has type PQ2_0 \(id 142\) but the file's bonsai_sd.types does "
+                                        r"not declare it"):
         read_gguf(path)
-    path = _raw_file(tmp_path, PQ2_0.type_id, 4 * 2 * 34, contract="142:PQ2_0:128:34:2")
-    with pytest.raises(GGUFError, match="declares '142:PQ2_0:128:34:2'"):
+    path = _raw_file(tmp_path, PQ2_0.type_id, 4 * 2 * 34, contract="142:pq2_0:128:34:2")
+    with pytest.raises(GGUFError, match="declares '142:pq2_0:128:34:2'"):
         read_gguf(path)
-    path = _raw_file(tmp_path, PQ2_0.type_id, 4 * 2 * 34, contract="142:PQ2_0:128:34:1")
+    path = _raw_file(tmp_path, PQ2_0.type_id, 4 * 2 * 34, contract="142:pq2_0:128:34:1")
     assert read_gguf(path).tensors[0].type_name == "PQ2_0"
 
 
@@ -154,7 +158,7 @@ def test_info_prints_tensors_sizes_bpw_and_metadata(tmp_path):
     assert rows["blk.1.q2_0.weight"][1:] == ["Q2_0", "6", "x", "384", "648", "2.2500"]
     assert rows["blk.2.pq2_0.weight"][1:] == ["PQ2_0", "6", "x", "384", "612", "2.1250"]
     assert rows["blk.3.ptq1_0.weight"][1:] == ["PTQ1_0", "6", "x", "384", "504", "1.7500"]
-    assert "bonsai_sd.types = ['41:Q1_0:128:18:1', '42:Q2_0:64:18:1', '142:PQ2_0:128:34:1', '143:PTQ1_0:128:28:1']" \
+    assert "bonsai_sd.types = ['41:q1_0:128:18:1', '42:q2_0:64:18:1', '142:pq2_0:128:34:1', '143:ptq1_0:128:28:1']" \
         in out
     assert "general.name = 'all four'" in out
     total = [line.split() for line in out.splitlines() if line.strip().startswith("total")][0]

@@ -19,7 +19,7 @@ def test_type_table():
     assert [(t.name, t.type_id, t.block_elements, t.block_bytes) for t in LOWBIT_TYPES] == [
         ("Q1_0", 41, 128, 18), ("Q2_0", 42, 64, 18), ("PQ2_0", 142, 128, 34), ("PTQ1_0", 143, 128, 28)]
     assert [t.bits_per_weight for t in LOWBIT_TYPES] == [1.125, 2.25, 2.125, 1.75]
-    assert PTQ1_0.contract_entry == "143:PTQ1_0:128:28:1"
+    assert PTQ1_0.contract_entry == "143:ptq1_0:128:28:1"
     assert lowbit.lowbit_type("ptq1_0") is PTQ1_0 and lowbit.lowbit_type(42) is Q2_0
     with pytest.raises(KeyError, match="not a low-bit type"):
         lowbit.lowbit_type("q4_0")

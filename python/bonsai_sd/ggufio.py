@@ -6,7 +6,8 @@ so gguf's own reader and writer handle them; a gguf-py that already gives one of
 different block size is refused rather than silently overridden.
 
 Files we write carry the layout contract (DESIGN §4): the key `bonsai_sd.types`, one entry
-"<id>:<name>:<block elements>:<block bytes>:<layout version>" per low-bit type used.
+"<id>:<name>:<block elements>:<block bytes>:<layout version>" per low-bit type used, with
+ggml's lower-case type name (as the engine's loader writes and checks it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .lowbit import LOWBIT_TYPES, PQ2_0, Q2_0, LowbitType
 log = logging.getLogger(__name__)
 
 CONTRACT_KEY = "bonsai_sd.types"
-PRIVATE_ID_START = 100  # ids from here on need a matching contract entry to be read
+PRIVATE_ID_START = 100  # ids from here on must be declared by a file's contract, if it has one
 
 
 class GGUFError(ValueError):
@@ -206,17 +207,22 @@ def parse_contract(value: Any) -> dict[int, str]:
 
 
 def check_layout_contract(contents: GGUFContents) -> None:
-    """Tensors of our private ids (>= 100) need a contract entry equal to ours."""
-    declared = parse_contract(contents.metadata[CONTRACT_KEY]) if CONTRACT_KEY in contents.metadata else {}
+    """The engine's rule: a file without a contract is read with the published layouts; a file
+    with one must agree with ours on every low-bit type its tensors use, and declare every
+    used id >= 100."""
+    if CONTRACT_KEY not in contents.metadata:
+        return
+    declared = parse_contract(contents.metadata[CONTRACT_KEY])
     ours = {t.type_id: t for t in LOWBIT_TYPES}
+    used = {t.type_id for t in contents.tensors}
     for type_id, entry in declared.items():
-        if type_id in ours and entry != ours[type_id].contract_entry:
+        if type_id in used and type_id in ours and entry != ours[type_id].contract_entry:
             raise GGUFError(f"{contents.path}: {CONTRACT_KEY} declares {entry!r}, but this version reads "
                             f"{ours[type_id].contract_entry!r}")
     for t in contents.tensors:
         if t.type_id >= PRIVATE_ID_START and t.type_id not in declared:
-            raise GGUFError(f"{contents.path}: tensor {t.name!r} has type {t.type_name} (id {t.type_id}) but the file "
-                            f"has no {CONTRACT_KEY} entry for it, so its layout is unknown")
+            raise GGUFError(f"{contents.path}: tensor {t.name!r} has type {t.type_name} (id {t.type_id}) but the "
+                            f"file's {CONTRACT_KEY} does not declare it")
 
 
 # ---- writing --------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ class LowbitType:
 
     @property
     def contract_entry(self) -> str:
-        """This type's entry in the GGUF layout contract (key `bonsai_sd.types`)."""
-        return f"{self.type_id}:{self.name}:{self.block_elements}:{self.block_bytes}:{LAYOUT_VERSION}"
+        """This type's entry in the GGUF layout contract (key `bonsai_sd.types`), with ggml's
+        own (lower-case) type name, as the engine writes and checks it."""
+        return f"{self.type_id}:{self.name.lower()}:{self.block_elements}:{self.block_bytes}:{LAYOUT_VERSION}"
 
     def row_bytes(self, n_elements: int) -> int:
         if n_elements % self.block_elements:

@@ -147,7 +147,7 @@ def _parse_skip_type(skip_type: str | None) -> int | None:
 def _detect_component(path: Path) -> str:
     from . import safetensors, torchzip
 
-    if torchzip.is_torch_zip(path):
+    if torchzip.is_torch_zip(path) or path.suffix in (".pt", ".pth", ".bin"):
         return "transformer"
     if path.suffix == ".gguf":
         return "passthrough"

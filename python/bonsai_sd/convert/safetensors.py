@@ -156,7 +156,7 @@ def write_safetensors(path: str | os.PathLike[str], specs: Iterable[TensorSpec],
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(blob)) + blob)
             for s in specs:
-                array = np.ascontiguousarray(produce(s.name))
+                array = np.asarray(produce(s.name))
                 if array.dtype.newbyteorder("<") != DTYPES[s.dtype] or tuple(array.shape) != s.shape:
                     raise ValueError(f"{s.name}: got {array.dtype} {array.shape}, declared {s.dtype} {s.shape}")
                 f.write(array.astype(DTYPES[s.dtype], copy=False).tobytes())

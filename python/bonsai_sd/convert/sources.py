@@ -110,7 +110,7 @@ def open_mlx(path: Path) -> TransformerSource:
         parts = {role: refs.get(f"{m}.{role}") for role in ("weight", "scales", "biases")}
         missing = [role for role, ref in parts.items() if ref is None]
         if missing:
-            raise ConvertError(f"{where}: tensor {m}.{missing[0]!r} is missing (quantized module {m!r})")
+            raise ConvertError(f"{where}: tensor {m + '.' + missing[0]!r} is missing (quantized module {m!r})")
         w, s, b = parts["weight"], parts["scales"], parts["biases"]
         if w.dtype != "U32" or len(w.shape) != 2:
             raise ConvertError(f"{where}: tensor {w.name!r} has dtype {w.dtype} {list(w.shape)}, expected U32 [out, in*bits/32]")
@@ -162,7 +162,7 @@ def open_gemlite(path: Path) -> TransformerSource:
         parts = {role: state.get(f"{m}.{role}") for role in _GEMLITE_ROLES}
         missing = [role for role, v in parts.items() if not isinstance(v, torchzip.TorchTensor)]
         if missing:
-            raise ConvertError(f"{where}: tensor {m}.{missing[0]!r} is missing (quantized module {m!r})")
+            raise ConvertError(f"{where}: tensor {m + '.' + missing[0]!r} is missing (quantized module {m!r})")
         used.update(f"{m}.{role}" for role in _GEMLITE_ROLES)
         if f"{m}.bias" in state and state[f"{m}.bias"] is not None:
             raise ConvertError(f"{where}: unexpected tensor {m}.bias: FLUX.2 [klein] linears have no bias")
@@ -268,7 +268,7 @@ def open_transformer(src: Path, from_format: str | None = None, weights_hint: We
         raise ConvertError(f"unknown --from {from_format!r} (choose from {', '.join(FORMATS)})")
     if from_format == "gemlite" or (from_format is None and torchzip.is_torch_zip(path)):
         return open_gemlite(path)
-    if path.suffix == ".pt" or path.suffix == ".bin":
+    if path.suffix in (".pt", ".pth", ".bin"):
         raise ConvertError(f"{path}: unknown format: not a torch zip archive (legacy torch files are not supported)")
     if path.name.endswith(".index.json"):
         return open_float(path, from_format, weights_hint)

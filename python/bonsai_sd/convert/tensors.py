@@ -45,7 +45,7 @@ def fp16_exact(values: np.ndarray, where: str, what: str = "scale") -> np.ndarra
     """float32 -> float16, refusing any value that fp16 cannot hold exactly."""
     with np.errstate(over="ignore", invalid="ignore"):
         half = values.astype(np.float16)
-        bad = ~(half.astype(np.float32) == values)
+        bad = ~(half.astype(np.float32) == values) | ~np.isfinite(values)
     if bad.any():
         idx = np.unravel_index(int(np.flatnonzero(bad)[0]), values.shape)
         raise ConvertError(f"{where}: {what} {values[idx]!r} at {tuple(int(i) for i in idx)} is outside fp16 range "

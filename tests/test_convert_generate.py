@@ -1,0 +1,123 @@
+"""Issue 4: converted tiny models generate through sd-cli (and the Python API).
+
+The tiny klein set comes from tools/tiny_klein.py; its DiT is packed in every Bonsai format by
+tools/bonsai_packs.py and converted. Converted to F16 (exact), the image must be identical to
+the one sd-cli makes from tiny_klein's own BFL file. The low-bit outputs need the four types
+inside ggml; those tests run once this build's type table has them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bonsai_sd.convert import convert
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import bonsai_packs as bp  # noqa: E402
+
+tk = pytest.importorskip("tiny_klein", reason="tools/tiny_klein.py is not in this tree")
+
+SEED = 3
+CFG = tk.TinyKleinConfig(llm_hidden=64, llm_intermediate=128)  # MLX 4-bit groups of 64 need hidden 64
+
+
+def _types_in_build() -> set[str]:
+    from bonsai_sd import _core
+
+    return {row["name"].lower() for row in _core.type_table()}
+
+
+needs_lowbit_types = pytest.mark.skipif(not {"q1_0", "q2_0", "pq2_0", "ptq1_0"} <= _types_in_build(),
+                                        reason="this build's ggml does not have the low-bit types yet")
+
+
+@pytest.fixture(scope="module", params=["ternary", "binary"])
+def model_set(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(f"tiny-{request.param}")
+    files = tk.write_model_set(root / "set", request.param, "f16", SEED, "bfl", CFG)
+    dit = tk.make_dit(CFG, request.param, SEED)
+    weights = bp.from_arrays(tk.bfl_to_diffusers(dit.tensors), request.param)
+    return request.param, files, bp.write_packs(root / "packs", weights), root
+
+
+def _sd_cli(sd_cli: str, dit: Path, vae: Path, llm: Path, out: Path) -> np.ndarray:
+    from PIL import Image
+
+    cmd = [sd_cli, "--diffusion-model", str(dit), "--vae", str(vae), "--llm", str(llm), "-p", "a lovely cat",
+           "--cfg-scale", "1", "--steps", "2", "-W", "64", "-H", "64", "--seed", "42", "-t", "2", "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "[ERROR]" not in log
+    with Image.open(out) as image:
+        return np.asarray(image.convert("RGB"), np.int16)
+
+
+@pytest.fixture(scope="module")
+def reference_image(model_set, sd_cli):
+    _, files, _, root = model_set
+    return _sd_cli(sd_cli, files.dit, files.vae, files.llm, root / "reference.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["mlx", "gemlite"])
+def test_f16_conversion_generates_the_reference_image(model_set, reference_image, sd_cli, tmp_path, fmt):
+    _, files, packs, _ = model_set
+    result = convert(packs[fmt], tmp_path / "dit.gguf", quant_type="f16", verify=True)
+    image = _sd_cli(sd_cli, result.output, files.vae, files.llm, tmp_path / "out.png")
+    assert image.std() > 5
+    assert np.array_equal(image, reference_image)
+
+
+@pytest.mark.slow
+@needs_lowbit_types
+@pytest.mark.parametrize("quant_type", ["pq2_0", "ptq1_0", "q2_0", "q1_0"])
+def test_lowbit_conversion_generates(model_set, reference_image, sd_cli, tmp_path, quant_type):
+    weights, files, packs, _ = model_set
+    if (weights == "binary") != (quant_type == "q1_0"):
+        pytest.skip(f"{quant_type} is not a type for {weights} weights")
+    result = convert(packs["mlx"], tmp_path / "dit.gguf", quant_type=quant_type, verify=True)
+    image = _sd_cli(sd_cli, result.output, files.vae, files.llm, tmp_path / "out.png")
+    # The low-bit kernels may round activations to 8 bits; the image stays close to the exact one.
+    assert np.abs(image - reference_image).mean() < 3.0
+
+
+@pytest.mark.slow
+def test_mlx_4bit_text_encoder_generates(model_set, sd_cli, tmp_path):
+    weights, files, packs, _ = model_set
+    if weights != "ternary":
+        pytest.skip("one text encoder check is enough")
+    llm = tk.make_llm(CFG, SEED)
+    bp.write_mlx_text_encoder(tmp_path / "repo", llm, config=tk.qwen3_config(CFG))
+    te = convert(tmp_path / "repo", tmp_path / "te.gguf", component="text-encoder", verify=True)
+    # The same 4-bit values, decoded to F32: sd-cli must give (nearly) the same image with either.
+    from bonsai_sd.convert.text_encoder import find_text_encoder, open_text_encoder
+
+    source = open_text_encoder(find_text_encoder(tmp_path / "repo"))
+    decoded = {n: ("F32", t.float_rows(0, t.shape[0]).reshape(t.shape)) for n, t in source.tensors.items()}
+    from bonsai_sd.convert.safetensors import save_arrays
+
+    f32_llm = save_arrays(tmp_path / "llm-decoded.safetensors", decoded)
+    dit = files.dit
+    q4 = _sd_cli(sd_cli, dit, files.vae, te.output, tmp_path / "q4.png")
+    f32 = _sd_cli(sd_cli, dit, files.vae, f32_llm, tmp_path / "f32.png")
+    assert q4.std() > 5
+    assert np.abs(q4 - f32).mean() < 3.0  # ggml's Q4_1 matmul rounds activations to 8 bits
+
+
+@pytest.mark.slow
+def test_python_api_generates_from_a_converted_model(model_set, reference_image, tmp_path):
+    import bonsai_sd
+
+    if not hasattr(bonsai_sd, "Pipeline"):
+        pytest.skip("bonsai_sd.Pipeline is not in this build yet")
+    _, files, packs, _ = model_set
+    result = convert(packs["unpacked"], tmp_path / "dit.gguf", quant_type="f16")
+    pipe = bonsai_sd.Pipeline(str(result.output), text_encoder=str(files.llm), vae=str(files.vae))
+    image = pipe("a lovely cat", width=64, height=64, steps=2, seed=42)
+    assert np.asarray(image.convert("RGB")).shape == (64, 64, 3)
