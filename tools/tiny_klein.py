@@ -60,7 +60,7 @@ import struct
 import sys
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -228,8 +228,10 @@ class GroupQuantized:
         return (grouped * self.scales[:, :, None]).reshape(out, inp)
 
 
-def group_quantized(rng: np.random.Generator, shape: tuple[int, int], flavour: str) -> GroupQuantized:
-    """Random ternary or binary group-128 weights with activations-preserving scales."""
+def group_quantized(rng: np.random.Generator, shape: tuple[int, ...], flavour: str) -> GroupQuantized:
+    """Random ternary or binary group-128 weights [out, in] whose scales keep activations at scale."""
+    if len(shape) != 2:
+        raise ValueError(f"a group-quantized weight is 2-D, got shape {shape}")
     out, inp = shape
     if inp % GROUP:
         raise ValueError(f"input dimension {inp} is not a multiple of the group size {GROUP}")
@@ -250,6 +252,8 @@ def group_quantized(rng: np.random.Generator, shape: tuple[int, int], flavour: s
 
 def _rng(seed: int, *key: str) -> np.random.Generator:
     """An independent stream per (seed, tensor name, ...), stable across generation order."""
+    if seed < 0 or seed >= 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64): {seed}")
     words = [seed & 0xFFFFFFFF, seed >> 32] + [zlib.crc32(k.encode()) for k in key]
     return np.random.default_rng(np.random.SeedSequence(words))
 
@@ -339,7 +343,7 @@ def make_dit(cfg: TinyKleinConfig = TinyKleinConfig(), flavour: str = "ternary",
         if name.endswith(".scale"):
             tensors[name] = _norm_weight(seed, name, shape[0])
         elif is_block_linear(name) and flavour != "float":
-            q = group_quantized(_rng(seed, name, flavour), shape, flavour)  # type: ignore[arg-type]
+            q = group_quantized(_rng(seed, name, flavour), shape, flavour)
             codes[name], scales[name] = q.codes, q.scales
             tensors[name] = q.dense()
         else:
@@ -550,28 +554,33 @@ def latent_bn_statistics() -> tuple[np.ndarray, np.ndarray]:
 VAE_F32_ONLY = frozenset({"bn.running_mean", "bn.running_var"})
 
 
+_VAE_ATTN_TO_DIFFUSERS = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
+
+
+def _vae_name_to_diffusers(name: str) -> str:
+    top = len(VAE_CH_MULT) - 1  # diffusers numbers the decoder's up blocks from the bottom
+    if m := re.fullmatch(r"decoder\.mid\.attn_1\.(\w+)\.(weight|bias)", name):
+        return f"decoder.mid_block.attentions.0.{_VAE_ATTN_TO_DIFFUSERS[m[1]]}.{m[2]}"
+    if m := re.fullmatch(r"decoder\.mid\.block_(\d)\.(.+)", name):
+        name = f"decoder.mid_block.resnets.{int(m[1]) - 1}.{m[2]}"
+    elif m := re.fullmatch(r"decoder\.up\.(\d)\.block\.(\d)\.(.+)", name):
+        name = f"decoder.up_blocks.{top - int(m[1])}.resnets.{m[2]}.{m[3]}"
+    elif m := re.fullmatch(r"decoder\.up\.(\d)\.upsample\.(.+)", name):
+        name = f"decoder.up_blocks.{top - int(m[1])}.upsamplers.0.{m[2]}"
+    elif name.startswith("decoder.post_quant_conv."):
+        name = name.removeprefix("decoder.")
+    elif name.startswith("decoder.norm_out."):
+        name = name.replace("norm_out", "conv_norm_out")
+    return name.replace(".nin_shortcut.", ".conv_shortcut.")
+
+
 def vae_ldm_to_diffusers(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rename make_vae()'s decoder to AutoencoderKLFlux2 names (attention projections become 2-D)."""
-    levels = len(VAE_CH_MULT)
+    """Rename make_vae()'s tensors to AutoencoderKLFlux2 names; the 1x1-conv attention becomes 2-D."""
     out: dict[str, np.ndarray] = {}
     for name, value in tensors.items():
-        new = name
-        new = re.sub(r"^decoder\.post_quant_conv\.", "post_quant_conv.", new)
-        new = re.sub(r"^decoder\.mid\.block_(\d)\.", lambda m: f"decoder.mid_block.resnets.{int(m[1]) - 1}.", new)
-        new = re.sub(
-            r"^decoder\.up\.(\d)\.block\.(\d)\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.resnets.{m[2]}.", new
-        )
-        new = re.sub(
-            r"^decoder\.up\.(\d)\.upsample\.conv\.", lambda m: f"decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.conv.", new
-        )
-        new = new.replace(".nin_shortcut.", ".conv_shortcut.").replace("decoder.norm_out.", "decoder.conv_norm_out.")
-        attn = re.fullmatch(r"decoder\.mid\.attn_1\.(norm|q|k|v|proj_out)\.(weight|bias)", name)
-        if attn:
-            part = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}[attn[1]]
-            new = f"decoder.mid_block.attentions.0.{part}.{attn[2]}"
-            if value.ndim == 4:
-                value = value.reshape(value.shape[0], value.shape[1])
-        out[new] = value
+        if name.startswith("decoder.mid.attn_1.") and value.ndim == 4:
+            value = value.reshape(value.shape[0], value.shape[1])
+        out[_vae_name_to_diffusers(name)] = value
     return out
 
 
@@ -607,7 +616,8 @@ def diffusers_vae_config(cfg: TinyKleinConfig) -> dict[str, object]:
 def make_llm(cfg: TinyKleinConfig = TinyKleinConfig(), seed: int = 0) -> dict[str, np.ndarray]:
     h, inter = cfg.llm_hidden, cfg.llm_intermediate
     q_dim, kv_dim = QWEN_Q_HEADS_AT_28_LAYERS * HEAD_DIM, QWEN_KV_HEADS * HEAD_DIM
-    t: dict[str, np.ndarray] = {"model.embed_tokens.weight": _normal(seed, "model.embed_tokens.weight", (QWEN_VOCAB, h), 1.0)}
+    embed = "model.embed_tokens.weight"
+    t: dict[str, np.ndarray] = {embed: _normal(seed, embed, (QWEN_VOCAB, h), 1.0)}
     for i in range(cfg.llm_layers):
         p = f"model.layers.{i}."
         for name, shape in (
@@ -694,12 +704,16 @@ def write_safetensors(
             blob = _encode(np.asarray(value), stored)
         except ValueError as err:
             raise ValueError(f"{path}: tensor {name}: {err}") from None
-        header[name] = {"dtype": _ST_DTYPE[stored], "shape": list(np.shape(value)), "data_offsets": [offset, offset + len(blob)]}
+        header[name] = {
+            "dtype": _ST_DTYPE[stored],
+            "shape": list(np.shape(value)),
+            "data_offsets": [offset, offset + len(blob)],
+        }
         blobs.append(blob)
         offset += len(blob)
     head = json.dumps(header, separators=(",", ":")).encode()
-    head += b" " * (-len(head) % 8)
-    _atomic_write(path, lambda f: (f.write(struct.pack("<Q", len(head))), f.write(head), [f.write(b) for b in blobs]))
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    _atomic_write(path, [struct.pack("<Q", len(head)), head, *blobs])
 
 
 @dataclass(frozen=True)
@@ -743,13 +757,15 @@ def read_safetensors(path: Path) -> SafetensorsFile:
     return SafetensorsFile(tensors=tensors, dtypes=dtypes, metadata=metadata)
 
 
-def _atomic_write(path: Path, write: Callable[[object], object]) -> None:
+def _atomic_write(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write `chunks` to a temporary file beside `path`, then rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            for chunk in chunks:
+                f.write(chunk)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
@@ -759,7 +775,7 @@ def _atomic_write(path: Path, write: Callable[[object], object]) -> None:
 
 def _write_json(path: Path, obj: Mapping[str, object]) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    _atomic_write(path, [text.encode()])
 
 
 # --------------------------------------------------------------------------------------------
@@ -792,7 +808,12 @@ def write_model_set(
     if dtype not in DTYPES:
         raise ValueError(f"unknown storage dtype {dtype!r}; expected one of {DTYPES}")
     outdir = Path(outdir)
-    meta = {"generator": "bonsai-sd tools/tiny_klein.py", "flavour": flavour, "seed": str(seed), "config": json.dumps(asdict(cfg))}
+    meta = {
+        "generator": "bonsai-sd tools/tiny_klein.py",
+        "flavour": flavour,
+        "seed": str(seed),
+        "config": json.dumps(asdict(cfg)),
+    }
     dit = make_dit(cfg, flavour, seed).tensors
     vae = make_vae(cfg, seed)
     llm = make_llm(cfg, seed)
@@ -817,12 +838,12 @@ def write_model_set(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write a tiny FLUX.2 [klein]-shaped model set (see the module docstring).")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("outdir", type=Path)
-    parser.add_argument("--dit", choices=FLAVOURS, default="ternary", help="the DiT block linears' values (default ternary)")
+    parser.add_argument("--dit", choices=FLAVOURS, default="ternary", help="DiT block linear values (default ternary)")
     parser.add_argument("--dtype", choices=DTYPES, default="f16", help="storage of the float tensors (default f16)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layout", choices=LAYOUTS, default="bfl", help="bfl: sd.cpp names; diffusers: pipeline folders")
+    parser.add_argument("--layout", choices=LAYOUTS, default="bfl", help="bfl: sd.cpp names (default)")
     parser.add_argument("--llm-hidden", type=int, default=TinyKleinConfig.llm_hidden, help="Qwen3 hidden size")
     args = parser.parse_args(argv)
     try:
