@@ -155,7 +155,7 @@ def test_every_float_tensor_is_exact_in_fp16_and_bf16(ternary):
 
 def test_round_to_bf16_rounds_to_nearest_even():
     ulp = 2.0**-7  # bf16 spacing in [1, 2); 3.4e38 lies past the midpoint of bf16 max and 2^128
-    x = np.array([1.0, 1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + 2**-20, -(1 + 3 * ulp / 2), 3.4e38], dtype=np.float32)
+    x = np.array([1.0, 1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + 2**-20, -(1 + 3 * ulp / 2), 3.4e38], np.float32)
     expected = np.array([1.0, 1.0, 1 + 2 * ulp, 1 + ulp, -(1 + 2 * ulp), np.inf], dtype=np.float32)
     assert np.array_equal(tk.round_to_bf16(x), expected)
 
@@ -221,7 +221,8 @@ def test_qkv_split_and_adaln_swap(ternary):
     assert np.array_equal(d["transformer_blocks.0.attn.to_q.weight"], qkv[:h])
     assert np.array_equal(d["transformer_blocks.0.attn.to_k.weight"], qkv[h : 2 * h])
     assert np.array_equal(d["transformer_blocks.0.attn.to_v.weight"], qkv[2 * h :])
-    assert np.array_equal(d["transformer_blocks.0.attn.add_k_proj.weight"], t["double_blocks.0.txt_attn.qkv.weight"][h : 2 * h])
+    txt_qkv = t["double_blocks.0.txt_attn.qkv.weight"]
+    assert np.array_equal(d["transformer_blocks.0.attn.add_k_proj.weight"], txt_qkv[h : 2 * h])
     ada = t["final_layer.adaLN_modulation.1.weight"]  # BFL rows: shift, then scale
     assert np.array_equal(d["norm_out.linear.weight"][:h], ada[h:])  # diffusers rows: scale, then shift
     assert np.array_equal(d["norm_out.linear.weight"][h:], ada[:h])
@@ -316,9 +317,10 @@ def test_sd_cli_generates_an_image(tmp_path, sd_cli, flavour, dtype):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "Version: Flux.2 klein" in log
-    h = CFG.dit_hidden
-    flux = f"flux: depth = 1, depth_single_blocks = 1, guidance_embed = false, context_in_dim = {CFG.context_dim}, hidden_size = {h}, num_heads = 2"
-    assert flux in log
+    assert (
+        "flux: depth = 1, depth_single_blocks = 1, guidance_embed = false, "
+        f"context_in_dim = {CFG.context_dim}, hidden_size = {CFG.dit_hidden}, num_heads = 2"
+    ) in log
     assert f"llm: num_layers = 28, vocab_size = 151936, hidden_size = {CFG.llm_hidden}" in log
     assert "vae decoder: ch = 32" in log
     assert "[ERROR]" not in log and "unknown tensor" not in log
