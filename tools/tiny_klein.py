@@ -131,7 +131,11 @@ FLUX2_LATENT_STD = (
 
 @dataclass(frozen=True)
 class TinyKleinConfig:
-    """Sizes of a tiny set. The defaults are the smallest shapes sd.cpp runs (DESIGN.md §8)."""
+    """Sizes of a tiny set (DESIGN.md §8).
+
+    The Qwen3 hidden size is free in sd.cpp (8 runs too); 32 keeps every text-encoder linear a
+    whole number of 32-element ggml blocks (q8_0, q4_0, ...). MLX 4-bit fixtures need 64.
+    """
 
     dit_heads: int = 2
     double_blocks: int = 1
