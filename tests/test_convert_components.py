@@ -3,6 +3,7 @@ command line and `bonsai-sd info` on converted files."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -26,7 +27,7 @@ LOWBIT_EXAMPLE = "transformer_blocks.0.attn.to_q.weight"
 
 @pytest.fixture(scope="module")
 def ternary() -> bp.KleinWeights:
-    return bp.random_klein(bp.TINY, "ternary", seed=21)
+    return bp.tiny_weights("ternary", seed=21)
 
 
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -214,6 +215,54 @@ def test_text_encoder_scale_must_be_fp16_exact(tmp_path):
     with pytest.raises(ConvertError, match="'model.layers.0.mlp.up_proj.biases': bias .* at \\(2, 0\\) is outside fp16"):
         convert(path, tmp_path / "te.gguf")
     assert not (tmp_path / "te.gguf").exists()
+
+
+def test_text_encoder_pass_through_and_16bit_shards(tmp_path):
+    from bonsai_sd.ggufio import write_gguf
+
+    gguf_te = write_gguf(tmp_path / "qwen.gguf", {"model.norm.weight": (1, np.ones(64, np.float16), (64,))})
+    result = convert(gguf_te, tmp_path / "copy.gguf")
+    assert result.passed_through and (tmp_path / "copy.gguf").read_bytes() == gguf_te.read_bytes()
+
+    # An unpacked repository's text_encoder/: 16-bit shards and their index.
+    tensors = _tiny_qwen(np.random.default_rng(7))
+    names = list(tensors)
+    te_dir = tmp_path / "repo" / "text_encoder"
+    te_dir.mkdir(parents=True)
+    shards = {"model-00001-of-00002.safetensors": names[:5], "model-00002-of-00002.safetensors": names[5:]}
+    for shard, members in shards.items():
+        save_arrays(te_dir / shard, {n: ("BF16", _f32_to_bf16(tensors[n])) for n in members})
+    index = {"weight_map": {n: shard for shard, members in shards.items() for n in members}}
+    (te_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    result = convert(tmp_path / "repo", tmp_path / "te.gguf", component="text-encoder", verify=True)
+    contents = read_gguf(result.output)
+    assert sorted(t.name for t in contents.tensors) == sorted(names)
+    assert result.lossless and result.verify.ok
+    assert len(contents.metadata["bonsai_sd.source.files"]) == 3  # the index and both shards
+    got = _gguf_floats(result.output, "model.layers.0.mlp.up_proj.weight")
+    assert np.array_equal(got, _bf16_to_f32(_f32_to_bf16(tensors["model.layers.0.mlp.up_proj.weight"])))
+
+
+def test_progress_reports_every_byte(ternary, tmp_path):
+    bars = []
+
+    class Bar:
+        def __init__(self, description, total, unit):
+            self.description, self.total, self.unit, self.done = description, total, unit, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.done += n
+
+        def close(self):
+            pass
+
+    bp.write_mlx(tmp_path / "repo", ternary)
+    result = convert(tmp_path / "repo", tmp_path / "out.gguf", progress=Bar, verify=True)
+    by_name = {b.description.split()[0]: b for b in bars}
+    assert by_name["writing"].total == by_name["writing"].done == result.n_bytes
+    assert by_name["verifying"].done == result.n_bytes
+    assert by_name["hashing"].done == by_name["hashing"].total > 0
 
 
 # ---- VAE ---------------------------------------------------------------------------------------

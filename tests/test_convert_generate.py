@@ -19,8 +19,7 @@ from bonsai_sd.convert import convert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import bonsai_packs as bp  # noqa: E402
-
-tk = pytest.importorskip("tiny_klein", reason="tools/tiny_klein.py is not in this tree")
+import tiny_klein as tk  # noqa: E402
 
 SEED = 3
 CFG = tk.TinyKleinConfig(llm_hidden=64, llm_intermediate=128)  # MLX 4-bit groups of 64 need hidden 64

@@ -25,12 +25,12 @@ FIRST_LOWBIT = "transformer_blocks.0.attn.to_q"
 
 @pytest.fixture(scope="module")
 def ternary() -> bp.KleinWeights:
-    return bp.random_klein(bp.TINY, "ternary", seed=5)
+    return bp.tiny_weights("ternary", seed=5)
 
 
 @pytest.fixture(scope="module")
 def binary() -> bp.KleinWeights:
-    return bp.random_klein(bp.TINY, "binary", seed=6)
+    return bp.tiny_weights("binary", seed=6)
 
 
 def _arrays(path: Path) -> dict[str, tuple[str, np.ndarray]]:
@@ -194,7 +194,9 @@ def test_unpacked_master_that_is_not_exact(ternary, tmp_path):
     path = bp.write_unpacked(tmp_path / "repo", ternary)
 
     def perturb(a):
-        a[f"{LAST_LOWBIT}.weight"][1][5, 130] += 1  # no longer one magnitude per group
+        row = a[f"{LAST_LOWBIT}.weight"][1][5]  # bf16 bits
+        magnitude = (row[128:256] & 0x7FFF).max()
+        row[130] = magnitude - (1 << 7)  # half the group's magnitude: a third value in the group
 
     bad = _edited(path, tmp_path / "bad" / "diffusion_pytorch_model.safetensors", perturb)
     # The first low-bit tensor is exact, so this is a ternary master: the bad group is refused.
@@ -211,7 +213,7 @@ def test_unpacked_master_that_is_not_exact(ternary, tmp_path):
 # ---- Gemlite -------------------------------------------------------------------------------------
 
 def _gemlite_with(ternary: bp.KleinWeights, root: Path, edit: Callable[[dict[str, np.ndarray]], None]) -> Path:
-    tensors = bp._gemlite_tensors(ternary)
+    tensors = bp.gemlite_tensors(ternary)
     edit(tensors)
     path = root / "transformer-gemlite-int2" / "state_dict.pt"
     path.parent.mkdir(parents=True)

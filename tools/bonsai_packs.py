@@ -13,8 +13,9 @@ Formats, each in the directory layout of its release repository:
   bfl       one BF16 safetensors file with BFL/sd.cpp names (q/k/v concatenated, norm_out swapped)
 plus text_encoder-mlx-4bit/ (an MLX affine 4-bit Qwen3, from float weights) when asked.
 
-Weights come from `random_klein()` (any dimensions, including klein-4B's, generated lazily
-one tensor at a time) or from arrays, e.g. tools/tiny_klein.py's (`from_arrays()`).
+Weights come from tools/tiny_klein.py (`tiny_weights()`: the tiny DiT sd-cli runs), from any
+diffusers-named arrays (`from_arrays()`), or from `random_klein()` (any dimensions, klein-4B's
+included, generated lazily one tensor at a time).
 
     python tools/bonsai_packs.py OUTDIR --weights ternary --dims tiny|klein-4b [--formats mlx,gemlite,...]
 """
@@ -38,8 +39,6 @@ from bonsai_sd.convert.safetensors import TensorSpec, write_safetensors
 
 GROUP = 128
 FORMATS = ("mlx", "gemlite", "unpacked", "bfl")
-TINY = klein.KleinDims(hidden=256, in_channels=128, context=192, time_channels=256, mlp=768, head_dim=128,
-                       double_blocks=1, single_blocks=1)
 KLEIN_4B = klein.KleinDims(hidden=3072, in_channels=128, context=7680, time_channels=256, mlp=9216, head_dim=128,
                            double_blocks=5, single_blocks=20)
 
@@ -165,6 +164,15 @@ def from_arrays(tensors: Mapping[str, np.ndarray], weights: str) -> KleinWeights
                         lambda n: split_group_values(np.asarray(tensors[n], np.float32), weights, n))
 
 
+def tiny_weights(weights: str, seed: int = 0, cfg: object | None = None) -> KleinWeights:
+    """tools/tiny_klein.py's DiT (ternary or binary flavour) under diffusers names."""
+    import tiny_klein
+
+    cfg = cfg or tiny_klein.TinyKleinConfig()
+    dit = tiny_klein.make_dit(cfg, weights, seed)
+    return from_arrays(tiny_klein.bfl_to_diffusers(dit.tensors), weights)
+
+
 # ---- transformer packs --------------------------------------------------------------------------
 
 def transformer_config(dims: klein.KleinDims) -> dict[str, object]:
@@ -246,6 +254,7 @@ def write_mlx(root: Path, kw: KleinWeights, scale_dtype: str = "BF16") -> Path:
 
 # torch zip writer: the pickle (protocol 2) and the archive layout torch.load reads.
 
+# Element type -> torch's storage class name ('<u2' holds bfloat16 bits).
 _STORAGE_CLASS = {np.dtype("u1"): "ByteStorage", np.dtype("<i4"): "IntStorage", np.dtype("<f4"): "FloatStorage",
                   np.dtype("<u2"): "BFloat16Storage", np.dtype("<f2"): "HalfStorage"}
 
@@ -282,77 +291,127 @@ class _PickleWriter:
         self.op(b")R")
 
 
-def torch_zip_bytes(tensors: Mapping[str, np.ndarray], archive: str = "state_dict") -> bytes:
-    """A torch.save-compatible zip of an OrderedDict of contiguous tensors (bf16 as '<u2')."""
+@dataclass(frozen=True)
+class TorchSpec:
+    name: str
+    dtype: np.dtype  # little-endian element type ('<u2' for bfloat16 bits)
+    shape: tuple[int, ...]
+
+
+def _torch_pickle(specs: list[TorchSpec]) -> bytes:
+    """torch.save's pickle of an OrderedDict of contiguous tensors, storage key = position."""
     p = _PickleWriter()
     p.op(b"\x80\x02")
     p.empty_ordered_dict()
     p.op(b"(")
-    storages = []
-    for key, (name, array) in enumerate(tensors.items()):
-        array = np.ascontiguousarray(array)
-        p.string(name)
+    for key, spec in enumerate(specs):
+        numel = int(np.prod(spec.shape, dtype=np.int64))
+        p.string(spec.name)
         p.global_("torch._utils", "_rebuild_tensor_v2")
-        p.op(b"(")
-        p.op(b"(")
+        p.op(b"((")
         p.string("storage")
-        p.global_("torch", _STORAGE_CLASS[array.dtype.newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype])
+        p.global_("torch", _STORAGE_CLASS[spec.dtype])
         p.string(str(key))
         p.string("cpu")
-        p.int_(array.size)
+        p.int_(numel)
         p.op(b"tQ")  # the tuple is the persistent id of the storage
-        p.int_(0)
-        p.int_tuple(array.shape)
+        p.int_(0)  # storage offset
+        p.int_tuple(spec.shape)
         strides, acc = [], 1
-        for n in reversed(array.shape):
+        for n in reversed(spec.shape):
             strides.insert(0, acc)
             acc *= n
         p.int_tuple(strides)
         p.op(b"\x89")  # requires_grad = False
         p.empty_ordered_dict()  # backward hooks
         p.op(b"tR")
-        storages.append((str(key), array))
     p.op(b"u.")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr(f"{archive}/data.pkl", p.out.getvalue())
+    return p.out.getvalue()
+
+
+def write_torch_zip(dest: Path | io.BytesIO, specs: list[TorchSpec], produce: Callable[[str], np.ndarray],
+                    archive: str = "state_dict") -> None:
+    """A torch.save-compatible zip, each storage streamed from `produce(name)` in turn."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.writestr(f"{archive}/data.pkl", _torch_pickle(specs))
         zf.writestr(f"{archive}/byteorder", "little")
-        for key, array in storages:
-            zf.writestr(f"{archive}/data/{key}", array.astype(array.dtype.newbyteorder("<")).tobytes())
+        for key, spec in enumerate(specs):
+            array = np.ascontiguousarray(produce(spec.name))
+            if (array.dtype.str[1:], array.shape) != (spec.dtype.str[1:], spec.shape):
+                raise ValueError(f"{spec.name}: got {array.dtype} {array.shape}, declared {spec.dtype} {spec.shape}")
+            with zf.open(f"{archive}/data/{key}", "w", force_zip64=True) as entry:
+                entry.write(array.astype(spec.dtype, copy=False).tobytes())
         zf.writestr(f"{archive}/version", "3\n")
+
+
+def torch_zip_bytes(tensors: Mapping[str, np.ndarray], archive: str = "state_dict") -> bytes:
+    """An in-memory torch zip of these arrays (bf16 given as '<u2')."""
+    arrays = {n: np.asarray(a) for n, a in tensors.items()}
+    specs = [TorchSpec(n, a.dtype.newbyteorder("<") if a.dtype.itemsize > 1 else a.dtype, a.shape)
+             for n, a in arrays.items()]
+    buf = io.BytesIO()
+    write_torch_zip(buf, specs, arrays.__getitem__, archive)
     return buf.getvalue()
 
 
-def _gemlite_tensors(kw: KleinWeights) -> dict[str, np.ndarray]:
+def _gemlite_specs(kw: KleinWeights) -> list[TorchSpec]:
     bits = 2 if kw.weights == "ternary" else 1
-    out: dict[str, np.ndarray] = {}
+    specs = []
     for name, shape in kw.shapes.items():
         if not kw.is_lowbit(name):
-            out[name] = bf16_bits(kw.dense(name))
+            specs.append(TorchSpec(name, np.dtype("<u2"), shape))
             continue
-        module = name[: -len(".weight")]
-        codes, s = kw.quantized(name)
+        module, (out, inp) = name[: -len(".weight")], shape
+        specs += [TorchSpec(f"{module}.W_q", np.dtype("u1"), (inp * bits // 8, out)),
+                  TorchSpec(f"{module}.scales", np.dtype("<f4"), (inp // GROUP, out)),
+                  TorchSpec(f"{module}.zeros", np.dtype("<f4"), (inp // GROUP, out)),
+                  TorchSpec(f"{module}.metadata", np.dtype("<i4"), (12,)),
+                  TorchSpec(f"{module}.orig_shape", np.dtype("<i4"), (2,))]
+    return specs
+
+
+def _gemlite_producer(kw: KleinWeights) -> Callable[[str], np.ndarray]:
+    bits = 2 if kw.weights == "ternary" else 1
+
+    def module_parts(module: str) -> dict[str, np.ndarray]:
+        codes, s = kw.quantized(f"{module}.weight")
         q = codes + 1 if bits == 2 else (codes > 0)
         scale = s if bits == 2 else 2 * s
-        out[f"{module}.W_q"] = np.ascontiguousarray(pack_lsb_first(q, bits).T)
-        out[f"{module}.scales"] = np.ascontiguousarray(scale.T.astype("<f4"))
-        out[f"{module}.zeros"] = np.ascontiguousarray((-s).T.astype("<f4"))
-        # scaled_activations, W_nbits, group_size, unpack_mask, elements_per_sample, input_dtype,
-        # output_dtype, acc_dtype, meta_dtype, channel_scale_mode, W_group_mode (4: fma), data_contiguous
-        out[f"{module}.metadata"] = np.array([0, bits, GROUP, (1 << bits) - 1, 8 // bits, 1, 1, 2, 2, 0, 4, 1], "<i4")
-        out[f"{module}.orig_shape"] = np.array(shape, "<i4")
-    return out
+        # metadata: scaled_activations, W_nbits, group_size, unpack_mask, elements_per_sample,
+        # input_dtype, output_dtype, acc_dtype, meta_dtype, channel_scale_mode, W_group_mode
+        # (4: fma, w = q * scale + zeros), data_contiguous
+        return {"W_q": np.ascontiguousarray(pack_lsb_first(q, bits).T),
+                "scales": np.ascontiguousarray(scale.T.astype("<f4")),
+                "zeros": np.ascontiguousarray((-s).T.astype("<f4")),
+                "metadata": np.array([0, bits, GROUP, (1 << bits) - 1, 8 // bits, 1, 1, 2, 2, 0, 4, 1], "<i4"),
+                "orig_shape": np.array(kw.shapes[f"{module}.weight"], "<i4")}
+
+    parts = _cached(module_parts)
+
+    def produce(name: str) -> np.ndarray:
+        if name in kw.shapes:
+            return bf16_bits(kw.dense(name))
+        module, role = name.rsplit(".", 1)
+        return parts(module)[role]  # type: ignore[index]
+
+    return produce
+
+
+def gemlite_tensors(kw: KleinWeights) -> dict[str, np.ndarray]:
+    """All tensors of the Gemlite state dict, in memory (small models)."""
+    produce = _gemlite_producer(kw)
+    return {spec.name: produce(spec.name) for spec in _gemlite_specs(kw)}
 
 
 def write_gemlite(root: Path, kw: KleinWeights) -> Path:
-    """transformer-gemlite-int{1,2}/state_dict.pt (held in memory: use it for small models)."""
+    """transformer-gemlite-int{1,2}/state_dict.pt, written one tensor at a time."""
     bits = 2 if kw.weights == "ternary" else 1
     path = root / f"transformer-gemlite-int{bits}" / "state_dict.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_json(path.parent / "config.json", transformer_config(kw.dims))
     _write_json(path.parent / "quantization_config.json",
                 {"format": f"gemlite-int{bits}-{kw.weights}-g{GROUP}", "bits": bits, "group_size": GROUP})
-    path.write_bytes(torch_zip_bytes(_gemlite_tensors(kw)))
+    write_torch_zip(path, _gemlite_specs(kw), _gemlite_producer(kw))
     return path
 
 
@@ -414,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         parser.error(f"unknown format {unknown[0]!r}")
-    kw = random_klein(TINY if args.dims == "tiny" else KLEIN_4B, args.weights, args.seed)
+    kw = tiny_weights(args.weights, args.seed) if args.dims == "tiny" else random_klein(KLEIN_4B, args.weights, args.seed)
     for fmt, path in write_packs(args.outdir, kw, formats, args.scale_dtype).items():
         print(f"{fmt}: {path} ({path.stat().st_size:,} bytes)")
     return 0

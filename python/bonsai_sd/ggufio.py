@@ -69,10 +69,6 @@ def register_gguf_types() -> None:
 register_gguf_types()
 
 
-def ggml_type(type_id: int) -> GGMLQuantizationType:
-    return GGMLQuantizationType(type_id)
-
-
 def type_nbytes(type_id: int, n_elements: int) -> int:
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
     return n_elements // block * size

@@ -44,10 +44,6 @@ class StTensor:
         return DTYPES[self.dtype]
 
     @property
-    def rows(self) -> int:
-        return self.shape[0] if self.shape else 1
-
-    @property
     def row_items(self) -> int:
         return int(np.prod(self.shape[1:], dtype=np.int64)) if len(self.shape) > 1 else (self.shape[0] if self.shape else 1)
 

@@ -48,7 +48,7 @@ def fp16_exact(values: np.ndarray, where: str, what: str = "scale") -> np.ndarra
         bad = ~(half.astype(np.float32) == values) | ~np.isfinite(values)
     if bad.any():
         idx = np.unravel_index(int(np.flatnonzero(bad)[0]), values.shape)
-        raise ConvertError(f"{where}: {what} {values[idx]!r} at {tuple(int(i) for i in idx)} is outside fp16 range "
+        raise ConvertError(f"{where}: {what} {float(values[idx])!r} at {tuple(int(i) for i in idx)} is outside fp16 range "
                            f"(not exactly representable as fp16), so the conversion would not be lossless "
                            f"({int(bad.sum())} such values)")
     return half
@@ -70,13 +70,6 @@ class SourceTensor(Protocol):
     def float_rows(self, start: int, stop: int) -> np.ndarray:
         """The source's own dequantization of these rows, float32."""
         ...
-
-
-class LowbitSource(SourceTensor, Protocol):
-    weights: Weights
-    exact: bool  # False for post-training quantization of a 16-bit model
-
-    def packed_rows(self, start: int, stop: int) -> PackedRows: ...
 
 
 def _chunk_rows(row_elements: int) -> int:
@@ -168,15 +161,15 @@ class AffinePackSource:
             bad = bias != -scale
             if bad.any():
                 r, g = (int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), bad.shape))
-                raise ConvertError(f"{bias_name}: row {start + r}, group {g}: bias {bias[r, g]!r} != -scale "
-                                   f"{-scale[r, g]!r}, so the weights are not ternary {{-s, 0, +s}}")
+                raise ConvertError(f"{bias_name}: row {start + r}, group {g}: bias {float(bias[r, g])!r} != -scale "
+                                   f"{float(-scale[r, g])!r}, so the weights are not ternary {{-s, 0, +s}}")
             d = fp16_exact(scale, f"{self.where}: tensor {self.tensor_names['scales']!r}")
         else:
             bad = scale != -2 * bias
             if bad.any():
                 r, g = (int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), bad.shape))
-                raise ConvertError(f"{bias_name}: row {start + r}, group {g}: scale {scale[r, g]!r} != -2 * bias "
-                                   f"({-2 * bias[r, g]!r}), so the weights are not binary {{-s, +s}}")
+                raise ConvertError(f"{bias_name}: row {start + r}, group {g}: scale {float(scale[r, g])!r} != -2 * bias "
+                                   f"({float(-2 * bias[r, g])!r}), so the weights are not binary {{-s, +s}}")
             d = fp16_exact(-bias, bias_name, "scale (-bias)")
         return PackedRows(self.weights, payload, d)
 
@@ -260,8 +253,8 @@ class FloatMasterLinear:
             r, g, k = (int(i) for i in np.unravel_index(int(np.flatnonzero(~allowed)[0]), allowed.shape))
             what = "{-s, +s}" if self.weights == "binary" else "{-s, 0, +s}"
             raise ConvertError(f"{self.where}: tensor {self.dense.ref.name!r}: row {start + r}, element "
-                               f"{g * GROUP + k} is {groups[r, g, k]!r} but its 128-group's magnitude is "
-                               f"{s[r, g]!r}: the weights are not exactly {self.weights} {what}")
+                               f"{g * GROUP + k} is {float(groups[r, g, k])!r} but its 128-group's magnitude is "
+                               f"{float(s[r, g])!r}: the weights are not exactly {self.weights} {what}")
         d = fp16_exact(s, f"{self.where}: tensor {self.dense.ref.name!r}", "group magnitude")
         codes = (x > 0).astype(np.uint8) if self.weights == "binary" else (np.sign(x) + 1).astype(np.uint8)
         return PackedRows(self.weights, pack_codes(codes, self.weights), d)
