@@ -220,7 +220,8 @@ def test_text_encoder_scale_must_be_fp16_exact(tmp_path):
 def test_text_encoder_pass_through_and_16bit_shards(tmp_path):
     from bonsai_sd.ggufio import write_gguf
 
-    gguf_te = write_gguf(tmp_path / "qwen.gguf", {"model.norm.weight": (1, np.ones(64, np.float16), (64,))})
+    gguf_te = write_gguf(tmp_path / "qwen.gguf", {"token_embd.weight": (1, np.ones((8, 64), np.float16), (8, 64)),
+                                                  "blk.0.attn_norm.weight": (0, np.ones(64, np.float32), (64,))})
     result = convert(gguf_te, tmp_path / "copy.gguf")
     assert result.passed_through and (tmp_path / "copy.gguf").read_bytes() == gguf_te.read_bytes()
 

@@ -110,6 +110,20 @@ def test_mlx_4bit_text_encoder_generates(model_set, sd_cli, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("quant_type", ["f16", pytest.param("default", marks=needs_lowbit_types)])
+def test_python_api_loads_a_converted_model(model_set, tmp_path, quant_type):
+    from bonsai_sd import _core
+
+    _, files, packs, _ = model_set
+    result = convert(packs["gemlite"], tmp_path / "dit.gguf", quant_type=None if quant_type == "default" else quant_type)
+    te = bp.write_mlx_text_encoder(tmp_path / "repo", tk.make_llm(CFG, SEED))
+    llm = convert(te, tmp_path / "te.gguf")
+    ctx = _core.Context(diffusion_model=str(result.output), llm=str(llm.output), vae=str(files.vae), n_threads=2)
+    assert not ctx.closed
+    ctx.close()
+
+
+@pytest.mark.slow
 def test_python_api_generates_from_a_converted_model(model_set, reference_image, tmp_path):
     import bonsai_sd
 

@@ -188,6 +188,10 @@ def test_unknown_formats(tmp_path):
     save_arrays(other, {"foo.weight": ("F16", np.zeros((4, 4), np.float16))})
     _refused(other, tmp_path / "out", "unknown format: neither diffusers nor BFL")
     _refused(tmp_path / "missing.safetensors", tmp_path / "out", "no such file or directory")
+    from bonsai_sd.ggufio import write_gguf
+
+    dit = write_gguf(tmp_path / "dit.gguf", {"img_in.weight": (1, np.zeros((4, 128), np.float16), (4, 128))})
+    _refused(dit, tmp_path / "out", "already a GGUF; nothing to convert")
 
 
 def test_unpacked_master_that_is_not_exact(ternary, tmp_path):

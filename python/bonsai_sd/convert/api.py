@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..ggufio import GGUFStreamWriter, PlannedTensor
+from ..ggufio import GGUFStreamWriter, PlannedTensor, read_gguf
 from ..lowbit import PQ2_0, Q1_0, LowbitType, lowbit_type
 from .encode import DENSE_TYPE_NAMES
 from .errors import ConvertError
@@ -150,12 +150,12 @@ def _detect_component(path: Path) -> str:
     if torchzip.is_torch_zip(path) or path.suffix in (".pt", ".pth", ".bin"):
         return "transformer"
     if path.suffix == ".gguf":
-        return "passthrough"
-    if path.name.endswith(".index.json"):
+        names = {t.name for t in read_gguf(path).tensors}
+    elif path.name.endswith(".index.json"):
         names = set(safetensors.read_index(path))
     else:
         names = set(safetensors.read_header(path)[0])
-    if any(n.startswith(("model.layers.", "model.embed_tokens", "layers.")) for n in names):
+    if any(n.startswith(("model.layers.", "model.embed_tokens", "layers.", "blk.", "token_embd.")) for n in names):
         return "text-encoder"
     if any(n.startswith(("decoder.", "encoder.")) for n in names):
         return "vae"
@@ -196,8 +196,6 @@ def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], *, quant_t
 
     if component is None:
         component = "transformer" if src.is_dir() else _detect_component(src)
-    if component == "passthrough":
-        return _copy(src, out, "text-encoder", "GGUF file")
     if component == "text-encoder":
         return _convert_text_encoder(src, out, verify, factory)
     if component == "vae":
@@ -251,8 +249,8 @@ def _convert_text_encoder(src: Path, out: Path, verify: bool, factory: ProgressF
 
 def _convert_vae(src: Path, out: Path, verify: bool, factory: ProgressFactory | None) -> ConvertResult:
     path = find_vae(src)
-    if out.suffix != ".gguf":
-        return _copy(path, out, "vae", "VAE safetensors")
+    if out.suffix != ".gguf" or path.suffix == ".gguf":
+        return _copy(path, out, "vae", f"VAE {path.suffix[1:]}")
     outputs = plan_vae(path)
     metadata = _source_metadata(src, [path], "safetensors", "VAE", factory)
     metadata.update({"bonsai_sd.component": "vae", "bonsai_sd.lossless": True})

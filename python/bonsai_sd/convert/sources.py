@@ -237,9 +237,12 @@ def open_float(path: Path, mode: str | None, weights_hint: Weights | None) -> Tr
     if mode in ("unpacked", "bfl") and mode != ("bfl" if naming == "bfl" else "unpacked"):
         raise ConvertError(f"{where}: --from {mode} given, but the tensors have {naming} names")
 
+    # Whether this is an exact master is decided on the first rows of its first low-bit linear
+    # (a float model fails at once); every later group is still checked while converting.
     probe_name = next(n for n in refs if n in lowbit_names)
     probe = refs[probe_name]
-    found = classify_groups(to_float32(probe.read(), probe.dtype, where))
+    probe_rows = min(probe.shape[0], max(1, (4 << 20) // probe.shape[1]))
+    found = classify_groups(to_float32(probe.read_rows(0, probe_rows), probe.dtype, where))
     exact = mode != "lossy" and found is not None
     if mode in ("unpacked", "bfl") and found is None:
         raise ConvertError(f"{where}: tensor {probe_name!r} is not exactly ternary or binary per 128-group; "
@@ -268,6 +271,8 @@ def open_transformer(src: Path, from_format: str | None = None, weights_hint: We
         raise ConvertError(f"unknown --from {from_format!r} (choose from {', '.join(FORMATS)})")
     if from_format == "gemlite" or (from_format is None and torchzip.is_torch_zip(path)):
         return open_gemlite(path)
+    if path.suffix == ".gguf":
+        raise ConvertError(f"{path}: already a GGUF; nothing to convert (bonsai-sd info shows what it holds)")
     if path.suffix in (".pt", ".pth", ".bin"):
         raise ConvertError(f"{path}: unknown format: not a torch zip archive (legacy torch files are not supported)")
     if path.name.endswith(".index.json"):
