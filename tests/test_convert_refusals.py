@@ -170,7 +170,7 @@ def test_wrong_shape_of_a_quantized_module(mlx_ternary, tmp_path):
 def test_truncated_file(ternary, tmp_path, fmt):
     path = bp.write_packs(tmp_path / "packs", ternary, [fmt])[fmt]
     path.write_bytes(path.read_bytes()[:-1000])
-    _refused(path, tmp_path / "out", "truncated")
+    _refused(path, tmp_path / "out", r"\(truncated file\?\)$")
 
 
 def test_unknown_formats(tmp_path):

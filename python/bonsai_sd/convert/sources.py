@@ -269,12 +269,11 @@ def open_transformer(src: Path, from_format: str | None = None, weights_hint: We
     path = find_transformer_file(src)
     if from_format is not None and from_format not in FORMATS:
         raise ConvertError(f"unknown --from {from_format!r} (choose from {', '.join(FORMATS)})")
-    if from_format == "gemlite" or (from_format is None and torchzip.is_torch_zip(path)):
-        return open_gemlite(path)
     if path.suffix == ".gguf":
         raise ConvertError(f"{path}: already a GGUF; nothing to convert (bonsai-sd info shows what it holds)")
-    if path.suffix in (".pt", ".pth", ".bin"):
-        raise ConvertError(f"{path}: unknown format: not a torch zip archive (legacy torch files are not supported)")
+    torch_file = torchzip.is_torch_zip(path) or path.suffix in (".pt", ".pth", ".bin")
+    if from_format == "gemlite" or (from_format is None and torch_file):
+        return open_gemlite(path)
     if path.name.endswith(".index.json"):
         return open_float(path, from_format, weights_hint)
     refs, _ = safetensors.read_header(path)

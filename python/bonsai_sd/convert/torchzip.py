@@ -182,7 +182,11 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise ConvertError(f"{path}: not a torch zip archive ({e})") from e
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                raise ConvertError(f"{path}: a zip archive without its central directory (truncated file?)") from e
+        raise ConvertError(f"{path}: unknown format: not a torch zip archive ({e}; legacy torch files are not "
+                           f"supported)") from e
     with zf:
         pkl_names = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pkl_names) != 1:
