@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ALIGNMENT = 32
-GGUF_STRING = 8
 GGUF_UINT32 = 4
+GGUF_STRING = 8
+GGUF_ARRAY = 9
 
 
 @dataclass
@@ -28,13 +29,15 @@ def _string(s: str) -> bytes:
     return struct.pack("<Q", len(b)) + b
 
 
-def write_gguf(path: Path, tensors: list[RawTensor], kv: dict[str, str | int] | None = None) -> Path:
+def write_gguf(path: Path, tensors: list[RawTensor], kv: dict[str, str | int | list[str]] | None = None) -> Path:
     kv = kv or {}
     header = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv))
     for key, value in kv.items():
         header += _string(key)
         if isinstance(value, str):
             header += struct.pack("<I", GGUF_STRING) + _string(value)
+        elif isinstance(value, list):
+            header += struct.pack("<IIQ", GGUF_ARRAY, GGUF_STRING, len(value)) + b"".join(_string(v) for v in value)
         else:
             header += struct.pack("<II", GGUF_UINT32, value)
     offset = 0

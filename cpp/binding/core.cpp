@@ -19,6 +19,7 @@
 
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "ops.h"
 #include "stable-diffusion.h"
 
 namespace py = pybind11;
@@ -214,6 +215,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("drain_logs", &drain_logs, "Forward queued engine messages to Python logging.");
 
     py::register_exception<EngineError>(m, "EngineError", PyExc_RuntimeError);
+    register_ggml_ops(m);
 
     py::class_<Context>(m, "Context")
         .def(py::init<const std::string&, const std::string&, const std::string&, const std::string&, int,

@@ -30,6 +30,11 @@ enum bonsai_lowbit_type {
     BONSAI_TYPE_PTQ1_0 = 143,
 };
 
+static inline bool bonsai_lowbit_is_type(int type) {
+    return type == BONSAI_TYPE_Q1_0 || type == BONSAI_TYPE_Q2_0 || type == BONSAI_TYPE_PQ2_0 ||
+           type == BONSAI_TYPE_PTQ1_0;
+}
+
 // Version of the byte layouts above, recorded in the GGUF layout contract.
 #define BONSAI_LOWBIT_LAYOUT_VERSION 1
 
