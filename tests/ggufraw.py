@@ -52,3 +52,44 @@ def write_gguf(path: Path, tensors: list[RawTensor], kv: dict[str, str | int | l
     header += b"\0" * (-len(header) % ALIGNMENT)
     path.write_bytes(header + b"".join(blobs))
     return path
+
+
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _skip_value(buf: bytes, pos: int, vtype: int) -> int:
+    if vtype in _SCALAR_SIZES:
+        return pos + _SCALAR_SIZES[vtype]
+    if vtype == GGUF_STRING:
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        return pos + 8 + n
+    if vtype == GGUF_ARRAY:
+        etype, n = struct.unpack_from("<IQ", buf, pos)
+        pos += 12
+        for _ in range(n):
+            pos = _skip_value(buf, pos, etype)
+        return pos
+    raise ValueError(f"unknown GGUF value type {vtype}")
+
+
+def read_tensor_types(path: Path) -> dict[str, int]:
+    """Tensor name -> type id, read straight from a GGUF v3 header."""
+    buf = Path(path).read_bytes()
+    assert buf[:4] == b"GGUF"
+    _, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+    pos = 24
+    for _ in range(n_kv):
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        pos += 8 + n
+        (vtype,) = struct.unpack_from("<I", buf, pos)
+        pos = _skip_value(buf, pos + 4, vtype)
+    types = {}
+    for _ in range(n_tensors):
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        name = buf[pos + 8:pos + 8 + n].decode()
+        pos += 8 + n
+        (n_dims,) = struct.unpack_from("<I", buf, pos)
+        pos += 4 + 8 * n_dims
+        types[name], _ = struct.unpack_from("<IQ", buf, pos)
+        pos += 12
+    return types

@@ -154,9 +154,10 @@ def test_ids_between_and_after_the_types_are_refused(tmp_path, type_id):
 
 def test_legacy_prismml_q2_0_layout_is_refused(tmp_path):
     # PrismML's early "Q2_0": 128-element blocks of 34 bytes under id 42 (now 64 elements, 18 bytes).
-    legacy = b"\0" * (4 * 34)  # a 128 x 4 tensor in the legacy layout
+    # A 128 x 64 tensor: 64 legacy blocks = 2176 bytes, where id 42 today needs 128 x 18 = 2304.
+    legacy = b"\0" * (64 * 34)
     path = write_gguf(tmp_path / "legacy.gguf", [
-        RawTensor("double_blocks.0.img_attn.qkv.weight", (128, 4), 42, legacy),
+        RawTensor("double_blocks.0.img_attn.qkv.weight", (128, 64), 42, legacy),
         RawTensor("img_in.weight", (32, 1), 0, b"\0" * 128),
     ])
     msg = _load_error(path)
@@ -178,11 +179,14 @@ def test_layout_contract_must_declare_private_ids(tmp_path):
     assert "does not declare it" in _load_error(path)
 
 
-def test_sd_cli_accepts_the_new_type_names(sd_cli, tmp_path):
-    for name in ("q1_0", "q2_0", "pq2_0", "ptq1_0"):
-        proc = subprocess.run([sd_cli, "-M", "convert", "-m", str(tmp_path / "missing.safetensors"),
-                               "--type", name, "-o", str(tmp_path / "out.gguf")],
-                              capture_output=True, text=True, timeout=60)
-        log = proc.stdout + proc.stderr
-        assert "invalid" not in log.lower() or "type" not in log.lower(), log
-        assert not (tmp_path / "out.gguf").exists()
+@pytest.mark.parametrize("name,accepted", [("q1_0", True), ("q2_0", True), ("pq2_0", True), ("ptq1_0", True),
+                                           ("pq1_0", False)])
+def test_sd_cli_type_option_knows_the_new_names(sd_cli, tmp_path, name, accepted):
+    # Argument parsing happens before the (missing) model is opened.
+    proc = subprocess.run([sd_cli, "-M", "convert", "-m", str(tmp_path / "missing.safetensors"),
+                           "--type", name, "-o", str(tmp_path / "out.gguf")],
+                          capture_output=True, text=True, timeout=60)
+    log = proc.stdout + proc.stderr
+    assert (f"invalid weight format {name}" not in log) == accepted, log
+    assert ("init model loader from file failed" in log) == accepted, log
+    assert not (tmp_path / "out.gguf").exists()
