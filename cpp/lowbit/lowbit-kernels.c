@@ -69,8 +69,16 @@ BONSAI_DEFINE_SCALAR_KERNELS(ptq1_0)
 
 // ---- dispatch (compile time: the build's target flags decide) -------------------------------
 
-#define BONSAI_SIMD_SUFFIX _scalar
-#define BONSAI_SIMD_NAME "scalar"
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#    define BONSAI_SIMD_SUFFIX _avx2
+#    define BONSAI_SIMD_NAME "avx2"
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#    define BONSAI_SIMD_SUFFIX _neon
+#    define BONSAI_SIMD_NAME "neon"
+#else
+#    define BONSAI_SIMD_SUFFIX _scalar
+#    define BONSAI_SIMD_NAME "scalar"
+#endif
 
 #define BONSAI_PASTE_(a, b) a##b
 #define BONSAI_PASTE(a, b) BONSAI_PASTE_(a, b)
