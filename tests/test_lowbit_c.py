@@ -20,7 +20,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 LOWBIT = REPO / "cpp" / "lowbit"
 TEST_SOURCE = REPO / "tests" / "cpp" / "test_lowbit.c"
-LOWBIT_SOURCES = ["lowbit-codec.c", "lowbit-kernels.c", "lowbit-avx2.c"]
+# Every build compiles every file, as ggml does; each SIMD file is empty unless its target
+# macros are set, and lowbit-kernels.c dispatches to the one that is.
+LOWBIT_SOURCES = ["lowbit-codec.c", "lowbit-kernels.c", "lowbit-avx2.c", "lowbit-neon.c"]
 WARNINGS = ["-Wall", "-Wextra", "-Werror"]
 
 
@@ -41,6 +43,22 @@ VARIANTS = [
     Variant("x86-scalar", "gcc", ("-O2",), "scalar"),
     # ggml's x86 AVX2 build (GGML_NATIVE=OFF) enables AVX2 with FMA and F16C
     Variant("x86-avx2", "gcc", ("-O2", "-mavx2", "-mfma", "-mf16c"), "avx2"),
+    # AArch64 under user-mode qemu (static, so no target sysroot is needed at run time):
+    # plain NEON, and NEON with the dot-product extension.
+    Variant(
+        "aarch64-neon",
+        "aarch64-linux-gnu-gcc",
+        ("-O2", "-march=armv8-a", "-static"),
+        "neon",
+        ("qemu-aarch64",),
+    ),
+    Variant(
+        "aarch64-neon-dotprod",
+        "aarch64-linux-gnu-gcc",
+        ("-O2", "-march=armv8.2-a+dotprod", "-static"),
+        "neon",
+        ("qemu-aarch64",),
+    ),
 ]
 
 
