@@ -36,7 +36,9 @@ static float decode_q1_0_avx2(const void * vblock, uint8_t * codes) {
 }
 
 // 16 bytes of 2-bit fields -> 64 codes. Field k of byte m is element 4m + k: split the four
-// fields into planes, then interleave the planes back into element order.
+// fields into planes, then interleave the planes back into element order. (Stored as two
+// 32-byte vectors: readers load 32 bytes, and a load that spans two smaller stores misses
+// store-to-load forwarding.)
 static void decode_2bit_16_bytes(const uint8_t * qs, uint8_t * codes) {
     const __m128i q     = _mm_loadu_si128((const __m128i *) qs);
     const __m128i three = _mm_set1_epi8(3);
@@ -48,10 +50,10 @@ static void decode_2bit_16_bytes(const uint8_t * qs, uint8_t * codes) {
     const __m128i fields23_lo = _mm_unpacklo_epi8(p2, p3);  // elements 4m+2, 4m+3
     const __m128i fields01_hi = _mm_unpackhi_epi8(p0, p1);  // m = 8..15
     const __m128i fields23_hi = _mm_unpackhi_epi8(p2, p3);
-    _mm_storeu_si128((__m128i *) (codes +  0), _mm_unpacklo_epi16(fields01_lo, fields23_lo));
-    _mm_storeu_si128((__m128i *) (codes + 16), _mm_unpackhi_epi16(fields01_lo, fields23_lo));
-    _mm_storeu_si128((__m128i *) (codes + 32), _mm_unpacklo_epi16(fields01_hi, fields23_hi));
-    _mm_storeu_si128((__m128i *) (codes + 48), _mm_unpackhi_epi16(fields01_hi, fields23_hi));
+    _mm256_storeu_si256((__m256i *) codes, _mm256_set_m128i(_mm_unpackhi_epi16(fields01_lo, fields23_lo),
+                                                            _mm_unpacklo_epi16(fields01_lo, fields23_lo)));
+    _mm256_storeu_si256((__m256i *) (codes + 32), _mm256_set_m128i(_mm_unpackhi_epi16(fields01_hi, fields23_hi),
+                                                                   _mm_unpacklo_epi16(fields01_hi, fields23_hi)));
 }
 
 static float decode_q2_0_avx2(const void * vblock, uint8_t * codes) {

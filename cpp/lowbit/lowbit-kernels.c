@@ -42,7 +42,7 @@ static void gemm_scalar(const struct bonsai_weight_traits * traits, int n, int n
                     for (int l = 0; l < QK8_0_ACT; l++) {
                         isum += (codes[b * QK8_0_ACT + l] - 1) * act[b].qs[l];
                     }
-                    acc = fmaf(d_w * bonsai_half_to_float(act[b].d), (float) isum, acc);
+                    acc = fmaf(d_w * bonsai_fp16_to_fp32(act[b].d), (float) isum, acc);
                 }
                 dst[(size_t) j * ldd + i] = acc;
             }

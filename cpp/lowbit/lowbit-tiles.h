@@ -93,6 +93,12 @@ static void bonsai_tile_io(float * dst, size_t ldd, int row0, int rows, int col0
 static void bonsai_gemm_tiled(const struct bonsai_tile_ops * ops, int n, int nr, int nc, float * dst, size_t ldd,
                               const void * vx, size_t bx, const void * vy, size_t by) {
     assert(n % ops->block_elems == 0);
+    if (n == 0) {  // empty sums (the chunk loop below would not write dst at all)
+        for (int c = 0; c < nc; c++) {
+            memset(dst + (size_t) c * ldd, 0, (size_t) nr * sizeof(float));
+        }
+        return;
+    }
     _Alignas(32) uint8_t rows_codes[BONSAI_TILE_ROWS * BONSAI_CHUNK_K];
     _Alignas(32) uint8_t panel[BONSAI_CHUNK_BLOCKS * BONSAI_BLOCK_CODES];
     _Alignas(32) float   wscale[BONSAI_CHUNK_BLOCKS * BONSAI_TILE_ROWS];
