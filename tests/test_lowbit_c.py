@@ -20,7 +20,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 LOWBIT = REPO / "cpp" / "lowbit"
 TEST_SOURCE = REPO / "tests" / "cpp" / "test_lowbit.c"
-LOWBIT_SOURCES = ["lowbit-codec.c", "lowbit-kernels.c"]
+# Every build compiles every file, as ggml does; each SIMD file is empty unless its target
+# macros are set, and lowbit-kernels.c dispatches to the one that is.
+LOWBIT_SOURCES = ["lowbit-codec.c", "lowbit-kernels.c", "lowbit-avx2.c", "lowbit-neon.c"]
 WARNINGS = ["-Wall", "-Wextra", "-Werror"]
 
 
@@ -39,6 +41,24 @@ class Variant:
 
 VARIANTS = [
     Variant("x86-scalar", "gcc", ("-O2",), "scalar"),
+    # ggml's x86 AVX2 build (GGML_NATIVE=OFF) enables AVX2 with FMA and F16C
+    Variant("x86-avx2", "gcc", ("-O2", "-mavx2", "-mfma", "-mf16c"), "avx2"),
+    # AArch64 under user-mode qemu (static, so no target sysroot is needed at run time):
+    # plain NEON, and NEON with the dot-product extension.
+    Variant(
+        "aarch64-neon",
+        "aarch64-linux-gnu-gcc",
+        ("-O2", "-march=armv8-a", "-static"),
+        "neon",
+        ("qemu-aarch64",),
+    ),
+    Variant(
+        "aarch64-neon-dotprod",
+        "aarch64-linux-gnu-gcc",
+        ("-O2", "-march=armv8.2-a+dotprod", "-static"),
+        "neon",
+        ("qemu-aarch64",),
+    ),
 ]
 
 
@@ -55,6 +75,18 @@ def _build(variant: Variant, out_dir: Path) -> Path:
     return exe
 
 
+def _host_has_avx2() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return False
+    flags = set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return {"avx2", "fma", "f16c"} <= flags
+
+
 def _missing_tools(variant: Variant) -> list[str]:
     tools = [variant.compiler, *variant.runner[:1]]
     return [tool for tool in tools if shutil.which(tool) is None]
@@ -64,6 +96,8 @@ def _missing_tools(variant: Variant) -> list[str]:
 def test_lowbit_c_program(variant: Variant, tmp_path: Path) -> None:
     if not variant.cross and not _host_is_x86():
         pytest.skip(f"{variant.name} is built for the x86-64 host")
+    if variant.expected_simd == "avx2" and not _host_has_avx2():
+        pytest.skip("this CPU lacks AVX2/FMA/F16C")
     missing = _missing_tools(variant)
     if missing:
         message = f"{variant.name} needs {', '.join(missing)} (Debian: see .ci/apt-packages.txt)"

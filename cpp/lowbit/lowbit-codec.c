@@ -11,24 +11,7 @@
 // ---- fp16 ---------------------------------------------------------------------------------
 
 float bonsai_half_to_float(bonsai_half h) {
-    const uint32_t sign     = (uint32_t) (h & 0x8000) << 16;
-    const uint32_t exponent = (h >> 10) & 0x1f;
-    const uint32_t mantissa = h & 0x3ff;
-    uint32_t bits;
-    if (exponent == 0x1f) {
-        // inf, or NaN made quiet (as F16C and ggml do)
-        bits = sign | 0x7f800000 | (mantissa ? 0x400000 | (mantissa << 13) : 0);
-    } else if (exponent == 0) {
-        // zero or subnormal: mantissa * 2^-24, exact in fp32
-        const float magnitude = (float) mantissa * 0x1p-24f;
-        memcpy(&bits, &magnitude, sizeof(bits));
-        bits |= sign;
-    } else {
-        bits = sign | ((exponent + (127 - 15)) << 23) | (mantissa << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof(f));
-    return f;
+    return bonsai_fp16_to_fp32(h);
 }
 
 // Shifts `value` right by `shift` bits, rounding to nearest with ties to even.

@@ -15,6 +15,29 @@
 
 #include <string.h>
 
+// fp16 -> fp32, exact (every half is a float). Inline here so that the kernel files need no
+// symbol from the codec file (they may end up in different libraries).
+static inline float bonsai_fp16_to_fp32(bonsai_half h) {
+    const uint32_t sign     = (uint32_t) (h & 0x8000) << 16;
+    const uint32_t exponent = (h >> 10) & 0x1f;
+    const uint32_t mantissa = h & 0x3ff;
+    uint32_t bits;
+    if (exponent == 0x1f) {
+        // inf, or NaN made quiet (as F16C and ggml do)
+        bits = sign | 0x7f800000 | (mantissa ? 0x400000 | (mantissa << 13) : 0);
+    } else if (exponent == 0) {
+        // zero or subnormal: mantissa * 2^-24, exact in fp32
+        const float magnitude = (float) mantissa * 0x1p-24f;
+        memcpy(&bits, &magnitude, sizeof(bits));
+        bits |= sign;
+    } else {
+        bits = sign | ((exponent + (127 - 15)) << 23) | (mantissa << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
 // Powers of three for the base-3 byte codec (TQ1_0's trick): a byte holds up to five trits,
 // most significant first, stored as ceil(v * 256 / 243). Trit n is then the top "third" of the
 // low byte of q * 3^n: ((uint8_t)(q * 3^n) * 3) >> 8.
@@ -66,7 +89,7 @@ static inline float bonsai_decode_q1_0(const void * vblock, uint8_t * codes) {
     for (int j = 0; j < QK1_0; j++) {
         codes[j] = (uint8_t) (2 * ((block->qs[j / 8] >> (j % 8)) & 1));
     }
-    return bonsai_half_to_float(block->d);
+    return bonsai_fp16_to_fp32(block->d);
 }
 
 static inline void bonsai_decode_2bit(const uint8_t * qs, uint8_t * codes, int count) {
@@ -78,13 +101,13 @@ static inline void bonsai_decode_2bit(const uint8_t * qs, uint8_t * codes, int c
 static inline float bonsai_decode_q2_0(const void * vblock, uint8_t * codes) {
     const block_q2_0 * block = (const block_q2_0 *) vblock;
     bonsai_decode_2bit(block->qs, codes, QK2_0);
-    return bonsai_half_to_float(block->d);
+    return bonsai_fp16_to_fp32(block->d);
 }
 
 static inline float bonsai_decode_pq2_0(const void * vblock, uint8_t * codes) {
     const block_pq2_0 * block = (const block_pq2_0 *) vblock;
     bonsai_decode_2bit(block->qs, codes, QKPQ2_0);
-    return bonsai_half_to_float(block->d);
+    return bonsai_fp16_to_fp32(block->d);
 }
 
 static inline float bonsai_decode_ptq1_0(const void * vblock, uint8_t * codes) {
@@ -95,7 +118,7 @@ static inline float bonsai_decode_ptq1_0(const void * vblock, uint8_t * codes) {
         bonsai_ptq1_0_position(j, &byte_index, &trit);
         codes[j] = (uint8_t) bonsai_trit_of_byte(bytes[byte_index], trit);
     }
-    return bonsai_half_to_float(block->d);
+    return bonsai_fp16_to_fp32(block->d);
 }
 
 // ---- what the kernels need to know about a weight type --------------------------------------

@@ -42,7 +42,7 @@ static void gemm_scalar(const struct bonsai_weight_traits * traits, int n, int n
                     for (int l = 0; l < QK8_0_ACT; l++) {
                         isum += (codes[b * QK8_0_ACT + l] - 1) * act[b].qs[l];
                     }
-                    acc = fmaf(d_w * bonsai_half_to_float(act[b].d), (float) isum, acc);
+                    acc = fmaf(d_w * bonsai_fp16_to_fp32(act[b].d), (float) isum, acc);
                 }
                 dst[(size_t) j * ldd + i] = acc;
             }
@@ -69,8 +69,16 @@ BONSAI_DEFINE_SCALAR_KERNELS(ptq1_0)
 
 // ---- dispatch (compile time: the build's target flags decide) -------------------------------
 
-#define BONSAI_SIMD_SUFFIX _scalar
-#define BONSAI_SIMD_NAME "scalar"
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#    define BONSAI_SIMD_SUFFIX _avx2
+#    define BONSAI_SIMD_NAME "avx2"
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#    define BONSAI_SIMD_SUFFIX _neon
+#    define BONSAI_SIMD_NAME "neon"
+#else
+#    define BONSAI_SIMD_SUFFIX _scalar
+#    define BONSAI_SIMD_NAME "scalar"
+#endif
 
 #define BONSAI_PASTE_(a, b) a##b
 #define BONSAI_PASTE(a, b) BONSAI_PASTE_(a, b)

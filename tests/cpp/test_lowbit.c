@@ -609,6 +609,21 @@ static void test_kernels(void) {
             check_gemm_shape(&kernel_sets[t], shapes[s][0], shapes[s][1], shapes[s][2], 1);
         }
     }
+    // K = 0: every output is the empty sum (3 rows x 2 columns, ldd 5).
+    for (int t = 0; t < 4; t++) {
+        float simd_out[10], scalar_out[10];
+        const uint8_t no_data[1] = {0};
+        memset(simd_out, 0xff, sizeof(simd_out));
+        memset(scalar_out, 0xff, sizeof(scalar_out));
+        kernel_sets[t].gemm(0, 3, 2, simd_out, 5, no_data, 0, no_data, 0);
+        kernel_sets[t].gemm_scalar(0, 3, 2, scalar_out, 5, no_data, 0, no_data, 0);
+        for (int j = 0; j < 2; j++) {
+            for (int i = 0; i < 3; i++) {
+                CHECK(simd_out[j * 5 + i] == 0.0f && scalar_out[j * 5 + i] == 0.0f, "%s gemm with n = 0 did not write 0",
+                      type_name(all_types[t]));
+            }
+        }
+    }
     // Q2_0 rows may be an odd number of its 64-element blocks.
     check_gemm_shape(&kernel_sets[1], 64, 3, 3, 1);
     check_gemm_shape(&kernel_sets[1], 192, 5, 4, 1);
