@@ -12,6 +12,8 @@ target_include_directories(ggml-base PRIVATE "${_lowbit}")
 # builds, NEON on AArch64); each SIMD file compiles to nothing where its ISA is absent.
 target_sources(ggml-cpu PRIVATE
     "${_lowbit}/lowbit-kernels.c"
+    "${_lowbit}/lowbit-avx2.c"
+    "${_lowbit}/lowbit-neon.c"
     "${_lowbit}/lowbit-ggml-cpu.c")
 target_include_directories(ggml-cpu PRIVATE "${_lowbit}")
 

@@ -1,4 +1,4 @@
-"""A minimal GGUF v3 writer for tests, written from the GGUF specification.
+"""A minimal GGUF v3 writer and header reader for tests and fixtures, written from the GGUF specification.
 
 It writes whatever type ids and shapes it is given, so tests can build files that
 the library must refuse (unknown types, bad shapes) as well as valid ones.
