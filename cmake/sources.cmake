@@ -21,6 +21,12 @@ if(TARGET ggml-metal)
     target_include_directories(ggml-metal PRIVATE "${_lowbit}")
 endif()
 
-# stable-diffusion.cpp: GGUF layout contract and extent checks.
-target_sources(stable-diffusion PRIVATE "${_sdcpp}/gguf-checks.cpp")
+# stable-diffusion.cpp: the checked GGUF reader and layout contract, safetensors and model
+# shape checks;
+# api-guards.cpp defines the public load/generate/convert entry points (exception-safe).
+target_sources(stable-diffusion PRIVATE
+    "${_sdcpp}/gguf-checks.cpp"
+    "${_sdcpp}/safetensors-checks.cpp"
+    "${_sdcpp}/model-checks.cpp"
+    "${_sdcpp}/api-guards.cpp")
 target_include_directories(stable-diffusion PRIVATE "${_sdcpp}" "${_lowbit}")
