@@ -9,6 +9,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -19,6 +20,7 @@
 
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "ops.h"
 #include "stable-diffusion.h"
 
 namespace py = pybind11;
@@ -39,8 +41,10 @@ struct LogCapture {
     std::vector<std::string> errors;
 };
 
-thread_local LogCapture* g_capture = nullptr;
+// Errors are captured from every thread while an engine call runs: sd.cpp loads tensors
+// and computes on worker threads, which log the defects that matter (a short read, say).
 std::mutex g_log_mutex;
+std::vector<LogCapture*> g_captures;
 std::deque<LogRecord> g_log_queue;
 constexpr size_t kMaxQueuedLogs = 4096;
 
@@ -49,10 +53,12 @@ void on_sd_log(sd_log_level_t level, const char* text, void*) {
     while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) {
         line.pop_back();
     }
-    if (g_capture != nullptr && level == SD_LOG_ERROR) {
-        g_capture->errors.push_back(line);
-    }
     std::lock_guard<std::mutex> lock(g_log_mutex);
+    if (level == SD_LOG_ERROR) {
+        for (LogCapture* capture : g_captures) {
+            capture->errors.push_back(line);
+        }
+    }
     if (g_log_queue.size() < kMaxQueuedLogs) {
         g_log_queue.push_back({level, std::move(line)});
     }
@@ -83,13 +89,20 @@ void drain_logs() {
     }
 }
 
-// Runs `fn` without the GIL while capturing this thread's engine errors.
+// Runs `fn` without the GIL while capturing the engine's errors.
 template <typename Fn>
 auto call_engine(LogCapture& capture, Fn&& fn) {
-    g_capture = &capture;
-    struct Reset {
-        ~Reset() { g_capture = nullptr; }
-    } reset;
+    {
+        std::lock_guard<std::mutex> lock(g_log_mutex);
+        g_captures.push_back(&capture);
+    }
+    struct Remove {
+        LogCapture* capture;
+        ~Remove() {
+            std::lock_guard<std::mutex> lock(g_log_mutex);
+            g_captures.erase(std::find(g_captures.begin(), g_captures.end(), capture));
+        }
+    } remove{&capture};
     py::gil_scoped_release release;
     return fn();
 }
@@ -99,13 +112,15 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// The first few errors, in order: later ones usually repeat the first defect.
 std::string join_errors(const std::string& what, const LogCapture& capture) {
+    constexpr size_t kShown = 6;
     std::string msg = what;
-    if (!capture.errors.empty()) {
-        msg += ": ";
-        for (size_t i = 0; i < capture.errors.size(); i++) {
-            msg += (i ? "; " : "") + capture.errors[i];
-        }
+    for (size_t i = 0; i < capture.errors.size() && i < kShown; i++) {
+        msg += (i ? "; " : ": ") + capture.errors[i];
+    }
+    if (capture.errors.size() > kShown) {
+        msg += "; ... and " + std::to_string(capture.errors.size() - kShown) + " more errors (see the log)";
     }
     return msg;
 }
@@ -214,6 +229,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("drain_logs", &drain_logs, "Forward queued engine messages to Python logging.");
 
     py::register_exception<EngineError>(m, "EngineError", PyExc_RuntimeError);
+    register_ggml_ops(m);
 
     py::class_<Context>(m, "Context")
         .def(py::init<const std::string&, const std::string&, const std::string&, const std::string&, int,
