@@ -9,7 +9,6 @@ as tiny_klein lays them out with its own, independent name mapping.
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,7 @@ from bonsai_sd.convert import ConvertError, convert
 from bonsai_sd.convert.safetensors import read_header
 from bonsai_sd.ggufio import read_gguf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import bonsai_packs as bp  # noqa: E402
+import bonsai_packs as bp
 
 FORMATS = bp.FORMATS
 

@@ -19,8 +19,7 @@ from bonsai_sd.convert import ConvertError, convert
 from bonsai_sd.convert.safetensors import read_header, save_arrays
 from bonsai_sd.ggufio import read_gguf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import bonsai_packs as bp  # noqa: E402
+import bonsai_packs as bp
 
 LOWBIT_EXAMPLE = "transformer_blocks.0.attn.to_q.weight"
 

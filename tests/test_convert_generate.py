@@ -9,7 +9,7 @@ inside ggml; those tests run once this build's type table has them.
 from __future__ import annotations
 
 import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +17,8 @@ import pytest
 
 from bonsai_sd.convert import convert
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import bonsai_packs as bp  # noqa: E402
-import tiny_klein as tk  # noqa: E402
+import bonsai_packs as bp
+import tiny_klein as tk
 
 SEED = 3
 CFG = tk.TinyKleinConfig(llm_hidden=64, llm_intermediate=128)  # MLX 4-bit groups of 64 need hidden 64
@@ -35,13 +34,12 @@ needs_lowbit_types = pytest.mark.skipif(not {"q1_0", "q2_0", "pq2_0", "ptq1_0"} 
                                         reason="this build's ggml does not have the low-bit types yet")
 
 
-@pytest.fixture(scope="module", params=["ternary", "binary"])
-def model_set(request, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"tiny-{request.param}")
-    files = tk.write_model_set(root / "set", request.param, "f16", SEED, "bfl", CFG)
-    dit = tk.make_dit(CFG, request.param, SEED)
-    weights = bp.from_arrays(tk.bfl_to_diffusers(dit.tensors), request.param)
-    return request.param, files, bp.write_packs(root / "packs", weights), root
+@dataclass
+class TinySet:
+    weights: str
+    files: tk.ModelSet  # tiny_klein's own files: the BFL DiT, the VAE, the Qwen3 text encoder
+    packs: dict[str, Path]  # the same DiT in every Bonsai format
+    reference: np.ndarray  # sd-cli's image from tiny_klein's DiT
 
 
 def _sd_cli(sd_cli: str, dit: Path, vae: Path, llm: Path, out: Path) -> np.ndarray:
@@ -58,79 +56,90 @@ def _sd_cli(sd_cli: str, dit: Path, vae: Path, llm: Path, out: Path) -> np.ndarr
 
 
 @pytest.fixture(scope="module")
-def reference_image(model_set, sd_cli):
-    _, files, _, root = model_set
-    return _sd_cli(sd_cli, files.dit, files.vae, files.llm, root / "reference.png")
+def tiny_sets(tmp_path_factory, sd_cli):
+    """tiny_set(weights) -> TinySet, built once per flavour."""
+    built: dict[str, TinySet] = {}
+
+    def get(weights: str) -> TinySet:
+        if weights not in built:
+            root = tmp_path_factory.mktemp(f"tiny-{weights}")
+            files = tk.write_model_set(root / "set", weights, "f16", SEED, "bfl", CFG)
+            dit = tk.make_dit(CFG, weights, SEED)
+            packs = bp.write_packs(root / "packs", bp.from_arrays(tk.bfl_to_diffusers(dit.tensors), weights))
+            reference = _sd_cli(sd_cli, files.dit, files.vae, files.llm, root / "reference.png")
+            built[weights] = TinySet(weights, files, packs, reference)
+        return built[weights]
+
+    return get
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("weights", ["ternary", "binary"])
 @pytest.mark.parametrize("fmt", ["mlx", "gemlite"])
-def test_f16_conversion_generates_the_reference_image(model_set, reference_image, sd_cli, tmp_path, fmt):
-    _, files, packs, _ = model_set
-    result = convert(packs[fmt], tmp_path / "dit.gguf", quant_type="f16", verify=True)
-    image = _sd_cli(sd_cli, result.output, files.vae, files.llm, tmp_path / "out.png")
+def test_f16_conversion_generates_the_reference_image(tiny_sets, sd_cli, tmp_path, weights, fmt):
+    tiny = tiny_sets(weights)
+    result = convert(tiny.packs[fmt], tmp_path / "dit.gguf", quant_type="f16", verify=True)
+    image = _sd_cli(sd_cli, result.output, tiny.files.vae, tiny.files.llm, tmp_path / "out.png")
     assert image.std() > 5
-    assert np.array_equal(image, reference_image)
+    assert np.array_equal(image, tiny.reference)
 
 
 @pytest.mark.slow
 @needs_lowbit_types
-@pytest.mark.parametrize("quant_type", ["pq2_0", "ptq1_0", "q2_0", "q1_0"])
-def test_lowbit_conversion_generates(model_set, reference_image, sd_cli, tmp_path, quant_type):
-    weights, files, packs, _ = model_set
-    if (weights == "binary") != (quant_type == "q1_0"):
-        pytest.skip(f"{quant_type} is not a type for {weights} weights")
-    result = convert(packs["mlx"], tmp_path / "dit.gguf", quant_type=quant_type, verify=True)
-    image = _sd_cli(sd_cli, result.output, files.vae, files.llm, tmp_path / "out.png")
+@pytest.mark.parametrize(("weights", "quant_type"),
+                         [("ternary", "pq2_0"), ("ternary", "ptq1_0"), ("ternary", "q2_0"), ("binary", "q1_0")])
+def test_lowbit_conversion_generates(tiny_sets, sd_cli, tmp_path, weights, quant_type):
+    tiny = tiny_sets(weights)
+    result = convert(tiny.packs["mlx"], tmp_path / "dit.gguf", quant_type=quant_type, verify=True)
+    image = _sd_cli(sd_cli, result.output, tiny.files.vae, tiny.files.llm, tmp_path / "out.png")
     # The low-bit kernels may round activations to 8 bits; the image stays close to the exact one.
-    assert np.abs(image - reference_image).mean() < 3.0
+    assert np.abs(image - tiny.reference).mean() < 3.0
 
 
 @pytest.mark.slow
-def test_mlx_4bit_text_encoder_generates(model_set, sd_cli, tmp_path):
-    weights, files, packs, _ = model_set
-    if weights != "ternary":
-        pytest.skip("one text encoder check is enough")
-    llm = tk.make_llm(CFG, SEED)
-    bp.write_mlx_text_encoder(tmp_path / "repo", llm, config=tk.qwen3_config(CFG))
-    te = convert(tmp_path / "repo", tmp_path / "te.gguf", component="text-encoder", verify=True)
-    # The same 4-bit values, decoded to F32: sd-cli must give (nearly) the same image with either.
+def test_mlx_4bit_text_encoder_generates(tiny_sets, sd_cli, tmp_path):
+    from bonsai_sd.convert.safetensors import save_arrays
     from bonsai_sd.convert.text_encoder import find_text_encoder, open_text_encoder
 
+    tiny = tiny_sets("ternary")
+    bp.write_mlx_text_encoder(tmp_path / "repo", tk.make_llm(CFG, SEED), config=tk.qwen3_config(CFG))
+    te = convert(tmp_path / "repo", tmp_path / "te.gguf", component="text-encoder", verify=True)
+    # The same 4-bit values decoded to F32: sd-cli must give (nearly) the same image with either.
     source = open_text_encoder(find_text_encoder(tmp_path / "repo"))
     decoded = {n: ("F32", t.float_rows(0, t.shape[0]).reshape(t.shape)) for n, t in source.tensors.items()}
-    from bonsai_sd.convert.safetensors import save_arrays
-
     f32_llm = save_arrays(tmp_path / "llm-decoded.safetensors", decoded)
-    dit = files.dit
-    q4 = _sd_cli(sd_cli, dit, files.vae, te.output, tmp_path / "q4.png")
-    f32 = _sd_cli(sd_cli, dit, files.vae, f32_llm, tmp_path / "f32.png")
+    q4 = _sd_cli(sd_cli, tiny.files.dit, tiny.files.vae, te.output, tmp_path / "q4.png")
+    f32 = _sd_cli(sd_cli, tiny.files.dit, tiny.files.vae, f32_llm, tmp_path / "f32.png")
     assert q4.std() > 5
     assert np.abs(q4 - f32).mean() < 3.0  # ggml's Q4_1 matmul rounds activations to 8 bits
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quant_type", ["f16", pytest.param("default", marks=needs_lowbit_types)])
-def test_python_api_loads_a_converted_model(model_set, tmp_path, quant_type):
+@pytest.mark.parametrize("weights", ["ternary", "binary"])
+@pytest.mark.parametrize("quant_type", ["f16", pytest.param(None, id="lowbit", marks=needs_lowbit_types)])
+def test_python_api_loads_a_converted_model(tiny_sets, tmp_path, weights, quant_type):
     from bonsai_sd import _core
 
-    _, files, packs, _ = model_set
-    result = convert(packs["gemlite"], tmp_path / "dit.gguf", quant_type=None if quant_type == "default" else quant_type)
+    tiny = tiny_sets(weights)
+    result = convert(tiny.packs["gemlite"], tmp_path / "dit.gguf", quant_type=quant_type)
     te = bp.write_mlx_text_encoder(tmp_path / "repo", tk.make_llm(CFG, SEED))
     llm = convert(te, tmp_path / "te.gguf")
-    ctx = _core.Context(diffusion_model=str(result.output), llm=str(llm.output), vae=str(files.vae), n_threads=2)
+    ctx = _core.Context(diffusion_model=str(result.output), llm=str(llm.output), vae=str(tiny.files.vae),
+                        n_threads=2)
     assert not ctx.closed
     ctx.close()
 
 
 @pytest.mark.slow
-def test_python_api_generates_from_a_converted_model(model_set, reference_image, tmp_path):
+@pytest.mark.parametrize("weights", ["ternary", "binary"])
+def test_python_api_generates_from_a_converted_model(tiny_sets, tmp_path, weights):
     import bonsai_sd
 
     if not hasattr(bonsai_sd, "Pipeline"):
         pytest.skip("bonsai_sd.Pipeline is not in this build yet")
-    _, files, packs, _ = model_set
-    result = convert(packs["unpacked"], tmp_path / "dit.gguf", quant_type="f16")
-    pipe = bonsai_sd.Pipeline(str(result.output), text_encoder=str(files.llm), vae=str(files.vae))
+    tiny = tiny_sets(weights)
+    result = convert(tiny.packs["unpacked"], tmp_path / "dit.gguf", quant_type="f16")
+    pipe = bonsai_sd.Pipeline(str(result.output), text_encoder=str(tiny.files.llm), vae=str(tiny.files.vae))
     image = pipe("a lovely cat", width=64, height=64, steps=2, seed=42)
-    assert np.asarray(image.convert("RGB")).shape == (64, 64, 3)
+    pixels = np.asarray(image.convert("RGB"), np.int16)
+    assert pixels.shape == (64, 64, 3) and pixels.std() > 5

@@ -4,7 +4,6 @@ output file left behind (including when the fault is found halfway through writi
 from __future__ import annotations
 
 import pickle
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +14,7 @@ import pytest
 from bonsai_sd.convert import ConvertError, convert
 from bonsai_sd.convert.safetensors import read_header, save_arrays
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import bonsai_packs as bp  # noqa: E402
+import bonsai_packs as bp
 
 # The last low-bit module in file order: a fault here is met after most tensors are written.
 LAST_LOWBIT = "single_transformer_blocks.0.attn.to_out"

@@ -3,8 +3,6 @@ it is installed (the tests that need it skip cleanly otherwise)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +10,7 @@ import pytest
 from bonsai_sd.convert import ConvertError
 from bonsai_sd.convert.torchzip import TorchTensor, load_state_dict
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import bonsai_packs as bp  # noqa: E402
+import bonsai_packs as bp
 
 
 def _arrays() -> dict[str, np.ndarray]:
