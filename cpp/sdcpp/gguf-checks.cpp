@@ -331,8 +331,11 @@ bool read_gguf_index(const std::string& path, std::vector<GgufTensor>* tensors, 
             }
             if (d < GGML_MAX_DIMS) {
                 t.ne.push_back(ne);
+            } else if (ne != 0 && t.ne.back() > INT64_MAX / ne) {
+                set_error(error, "tensor '" + t.name + "' is too large (its dimensions overflow)");
+                return false;
             } else {
-                t.ne.back() *= ne;  // folded into the last dimension, as sd.cpp expects (checked below)
+                t.ne.back() *= ne;  // folded into the last dimension, as sd.cpp expects
             }
         }
         if (!r.read(&type) || !r.read(&t.offset)) {
