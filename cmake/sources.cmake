@@ -17,8 +17,10 @@ target_sources(ggml-cpu PRIVATE
     "${_lowbit}/lowbit-ggml-cpu.c")
 target_include_directories(ggml-cpu PRIVATE "${_lowbit}")
 
+# Metal: the kernels are compiled into ggml-metal's Metal library (patch 0007 includes
+# cpp/metal/lowbit-kernels.metal); the host code reads the launch parameters header.
 if(TARGET ggml-metal)
-    target_include_directories(ggml-metal PRIVATE "${_lowbit}")
+    target_include_directories(ggml-metal PRIVATE "${_lowbit}" "${PROJECT_SOURCE_DIR}/cpp/metal")
 endif()
 
 # stable-diffusion.cpp: the checked GGUF reader and layout contract, safetensors and model
