@@ -29,5 +29,6 @@ git -c user.name=upstream -c user.email=upstream@invalid commit -q -m "pinned up
 git tag pristine
 shopt -s nullglob
 patches=("$here"/ggml-patches/*.patch)
-[ ${#patches[@]} -gt 0 ] && git am -q "${patches[@]}"
+# --keep-cr: some upstream files (src/convert.cpp) have CRLF line endings
+[ ${#patches[@]} -gt 0 ] && git am -q --keep-cr "${patches[@]}"
 echo "upstream work tree ready in $dir ($(git rev-list --count pristine..HEAD) patches applied)"
