@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Developer tools (tiny model generators, fixtures) are importable from tests.
+sys.path.insert(0, str(REPO / "tools"))
 
 
 @pytest.fixture(scope="session")

@@ -178,10 +178,10 @@ def test_configure_twice_is_safe(tmp_path, repo_root):
     first = _configure(repo_root, build, f"-DBONSAI_SD_UPSTREAM_ARCHIVE={archive}")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "bonsai-sd: applying 0001-" in first.stdout
-    header = build / "_upstream" / "stable-diffusion.cpp" / "src" / "model_io" / "gguf_reader_ext.h"
+    header = build / "_upstream" / "stable-diffusion.cpp" / "src" / "model_io" / "gguf_io.cpp"
     stamp = header.stat().st_mtime_ns
     second = _configure(repo_root, build)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "bonsai-sd: applying" not in second.stdout  # nothing re-extracted or re-patched
     assert header.stat().st_mtime_ns == stamp
-    assert "unknown ggml type id" in header.read_text()  # the patched tree, not the pristine one
+    assert "read_gguf_index" in header.read_text()  # the patched tree, not the pristine one

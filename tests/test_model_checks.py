@@ -8,21 +8,18 @@ import logging
 import math
 import shutil
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SMALL
+import tiny_klein
+from conftest import SMALL
 from ggufraw import RawTensor, write_gguf
 
 import bonsai_sd
 from bonsai_sd import _core
 from bonsai_sd.demo import demo_files
 from bonsai_sd.modelfiles import ModelFileError
-
-sys.path.insert(0, str(REPO / "tools"))
-import tiny_klein  # noqa: E402
 
 DEMO = demo_files()
 

@@ -3,18 +3,14 @@ an encoder loads it, and the reference changes the result deterministically."""
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
-from conftest import REPO, SMALL
+import tiny_klein
+from conftest import SMALL
 from PIL import Image
 
 import bonsai_sd
 from bonsai_sd.demo import demo_files
-
-sys.path.insert(0, str(REPO / "tools"))
-import tiny_klein  # noqa: E402
 
 # sd.cpp builds the FLUX.2 VAE encoder with 128 base channels whatever the decoder's.
 ENCODER_CH = 128

@@ -12,6 +12,7 @@
 #include "engine.h"
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "ops.h"
 #include "stable-diffusion.h"
 
 namespace py = pybind11;
@@ -69,6 +70,7 @@ PYBIND11_MODULE(_core, m) {
     m.def("drain_logs", &drain_logs, "Forward queued engine messages to Python logging.");
 
     py::register_exception<EngineError>(m, "EngineError", PyExc_RuntimeError);
+    register_ggml_ops(m);
 
     register_engine(m);
 }

@@ -46,7 +46,7 @@ namespace {
 
 constexpr auto kPumpInterval     = std::chrono::milliseconds(50);
 constexpr size_t kMaxPendingLogs = 10000;
-constexpr size_t kMaxErrorLines  = 20;
+constexpr size_t kShownErrors    = 6;  // later errors usually repeat the first defect
 constexpr int kMaxImageSide      = 16384;
 
 // A generation stopped by Context.cancel().
@@ -76,7 +76,8 @@ struct Job {
     std::deque<LogRecord> logs;
     size_t dropped_logs = 0;
     std::deque<ProgressEvent> progress;
-    std::vector<std::string> errors;
+    std::vector<std::string> errors;  // the first kShownErrors error lines
+    size_t error_count = 0;
     std::string exception;  // what a C++ exception escaping the engine call said
     bool done = false;
     std::atomic<bool> cancel{false};
@@ -102,7 +103,7 @@ void on_sd_log(sd_log_level_t level, const char* text, void*) {
         return;
     }
     std::lock_guard<std::mutex> lock(job->mutex);
-    if (level == SD_LOG_ERROR && job->errors.size() < kMaxErrorLines) {
+    if (level == SD_LOG_ERROR && job->error_count++ < kShownErrors) {
         job->errors.push_back(line);
     }
     if (job->logs.size() < kMaxPendingLogs) {
@@ -328,9 +329,11 @@ std::string with_engine_errors(const std::string& what, const Job& job) {
     if (!job.exception.empty()) {
         msg += ": " + job.exception;
     } else if (!job.errors.empty()) {
-        msg += ": ";
         for (size_t i = 0; i < job.errors.size(); i++) {
-            msg += (i ? "; " : "") + job.errors[i];
+            msg += (i ? "; " : ": ") + job.errors[i];
+        }
+        if (job.error_count > job.errors.size()) {
+            msg += "; ... and " + std::to_string(job.error_count - job.errors.size()) + " more errors (see the log)";
         }
     } else {
         msg += " (sd.cpp gave no reason; enable DEBUG logging of 'bonsai_sd.engine' for details)";

@@ -30,6 +30,11 @@ enum bonsai_lowbit_type {
     BONSAI_TYPE_PTQ1_0 = 143,
 };
 
+static inline bool bonsai_lowbit_is_type(int type) {
+    return type == BONSAI_TYPE_Q1_0 || type == BONSAI_TYPE_Q2_0 || type == BONSAI_TYPE_PQ2_0 ||
+           type == BONSAI_TYPE_PTQ1_0;
+}
+
 // Version of the byte layouts above, recorded in the GGUF layout contract.
 #define BONSAI_LOWBIT_LAYOUT_VERSION 1
 
@@ -56,7 +61,7 @@ typedef struct {
 } block_pq2_0;
 
 typedef struct {
-    uint8_t qs[24];  // trits of elements 0..119 (two stages, see lowbit-codec.c)
+    uint8_t qs[24];  // trits of elements 0..119 (two stages, see bonsai_ptq1_0_position in lowbit-impl.h)
     uint8_t qh[2];   // trits of elements 120..127
     bonsai_half d;   // trit t -> (t - 1) * d
 } block_ptq1_0;
@@ -90,9 +95,12 @@ bonsai_half bonsai_float_to_half(float f);  // round to nearest even, IEEE seman
 // ---- reference codecs (scalar, the single source of truth) ----------------------------------
 // k: number of elements, a multiple of the type's block size.
 //
-// Quantizers: binary (Q1_0) d = mean |x| over the block, bit = (x >= 0);
-// ternary-capable types d = max |x|, code = clamp(round(x / d) + 1, 0, 2 or 3). Inputs that
-// are exactly {-s, 0, +s} per block with s representable in fp16 round-trip exactly.
+// Quantizers (ggml's reference semantics):
+//   Q1_0: d = fp16(mean |x|), |x| summed in element order in fp32; bit = (x >= 0).
+//   Q2_0, PQ2_0, PTQ1_0: d = fp16(max |x|); code = lroundf(x * (1 / max|x|)) + 1, clamped to
+//   0..3 (PTQ1_0: 0..2); a block of zeros gets d = 0 and code 1.
+// Inputs that are exactly {-s, 0, +s} per block (Q1_0: {-s, +s}) with s representable in fp16
+// round-trip exactly.
 
 void bonsai_quantize_row_q1_0_ref  (const float * x, block_q1_0   * y, int64_t k);
 void bonsai_quantize_row_q2_0_ref  (const float * x, block_q2_0   * y, int64_t k);
@@ -111,13 +119,17 @@ size_t bonsai_quantize_q2_0  (const float * src, void * dst, int64_t nrows, int6
 size_t bonsai_quantize_pq2_0 (const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 size_t bonsai_quantize_ptq1_0(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 
-// Row validation (ggml_validate_row_data): every block's d is finite.
-// nbytes must be a whole number of blocks. Returns false and fills `why` (if given) on failure.
+// Row validation (ggml_validate_row_data): every block's d is finite, and nbytes is a whole
+// number of blocks. Returns false and fills `why` (if given) on failure, naming the type and
+// the first bad block.
 bool bonsai_validate_row(enum bonsai_lowbit_type type, const void * data, size_t nbytes, char * why, size_t why_len);
 
 // ---- lossless transcodes between the ternary layouts ----------------------------------------
-// k elements, a multiple of 128. Codes must be ternary (0..2): returns false on a code 3
-// (not representable in PTQ1_0) or, for Q2_0 -> 128-blocks, on two halves with different d.
+// k elements, a multiple of 128; d is copied bit for bit. Each call either transcodes all of
+// x exactly or returns false (y is then partly written and must be discarded):
+//   pq2_0 -> ptq1_0: false on a code 3 (+2d has no trit);
+//   q2_0 -> pq2_0:   false on two 64-element halves whose d bits differ;
+//   ptq1_0 -> pq2_0 and pq2_0 -> q2_0 always succeed (a code 3 passes through to Q2_0).
 
 bool bonsai_pq2_0_to_ptq1_0(const block_pq2_0  * x, block_ptq1_0 * y, int64_t k);
 bool bonsai_ptq1_0_to_pq2_0(const block_ptq1_0 * x, block_pq2_0  * y, int64_t k);
@@ -131,12 +143,18 @@ bool bonsai_q2_0_to_pq2_0  (const block_q2_0   * x, block_pq2_0  * y, int64_t k)
 //
 // gemm: the tile kernel behind MUL_MAT. For i < nr weight rows and j < nc activation rows,
 //   dst[j * ldd + i] = sum over n elements of W_i . A_j
-// with W_i at (const char *) vx + i * bx and A_j at (const char *) vy + j * by.
-// It decodes each weight block once per group of activation rows (register tiles), which
-// is what makes the DiT-shaped (many-token) matmul fast.
+// with W_i at (const char *) vx + i * bx and A_j at (const char *) vy + j * by (strides in
+// bytes; ldd in floats). Nothing else in dst is written. The SIMD variants decode each weight
+// block once per 64 activation rows and run register tiles of 8 weight rows x 2 activation
+// rows, so give them as many rows of both as the thread's share allows (nr a multiple of 8).
+// They use about 34 KiB of stack and no other memory; any number of threads may call them.
+//
+// Arithmetic (the same in every variant, so all variants agree bit for bit): per 32-element
+// activation block, the exact int32 sum of (code - 1) * q, then one fp32 fused multiply-add
+// of d_w * d_a (exact) times that sum into the running sum, in K order from 0.
 //
 // Each kernel exists as _scalar (the reference), _avx2 (x86-64 with AVX2/FMA/F16C) and
-// _neon (AArch64); the unsuffixed name dispatches to the best one compiled in.
+// _neon (AArch64); the unsuffixed name dispatches, at compile time, to the best one compiled in.
 
 #define BONSAI_DECLARE_KERNELS(T, SUFFIX)                                                                  \
     void bonsai_vec_dot_##T##_q8_0##SUFFIX(int n, float * s, size_t bs, const void * vx, size_t bx,        \

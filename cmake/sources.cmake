@@ -1,0 +1,32 @@
+# Our sources compiled into the upstream targets. The patches in ggml-patches/ only add
+# the hooks (enum values, trait tables, switch cases) that call into these files.
+
+set(_lowbit "${PROJECT_SOURCE_DIR}/cpp/lowbit")
+set(_sdcpp  "${PROJECT_SOURCE_DIR}/cpp/sdcpp")
+
+# Codecs: type traits (to_float, reference quantizers), validation. Backend-independent.
+target_sources(ggml-base PRIVATE "${_lowbit}/lowbit-codec.c")
+target_include_directories(ggml-base PRIVATE "${_lowbit}")
+
+# CPU kernels, built with ggml-cpu's own architecture flags (AVX2 on portable x86-64
+# builds, NEON on AArch64); each SIMD file compiles to nothing where its ISA is absent.
+target_sources(ggml-cpu PRIVATE
+    "${_lowbit}/lowbit-kernels.c"
+    "${_lowbit}/lowbit-avx2.c"
+    "${_lowbit}/lowbit-neon.c"
+    "${_lowbit}/lowbit-ggml-cpu.c")
+target_include_directories(ggml-cpu PRIVATE "${_lowbit}")
+
+if(TARGET ggml-metal)
+    target_include_directories(ggml-metal PRIVATE "${_lowbit}")
+endif()
+
+# stable-diffusion.cpp: the checked GGUF reader and layout contract, safetensors and model
+# shape checks;
+# api-guards.cpp defines the public load/generate/convert entry points (exception-safe).
+target_sources(stable-diffusion PRIVATE
+    "${_sdcpp}/gguf-checks.cpp"
+    "${_sdcpp}/safetensors-checks.cpp"
+    "${_sdcpp}/model-checks.cpp"
+    "${_sdcpp}/api-guards.cpp")
+target_include_directories(stable-diffusion PRIVATE "${_sdcpp}" "${_lowbit}")
