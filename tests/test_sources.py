@@ -167,3 +167,19 @@ def test_a_repo_id_resolves_through_its_snapshot(monkeypatch, converted):
     files = resolve_model("someone/model", revision="v1")
     assert asked == [("someone/model", "v1")]
     assert files.transformer == converted / "bonsai-ternary.gguf"
+
+
+def test_a_release_through_the_converter(tmp_path):
+    """The seam with the real converter: tiny_klein's set in the released (diffusers) layout is
+    converted into the cache and generates."""
+    import tiny_klein
+    from conftest import SMALL
+
+    repo = tmp_path / "bonsai-image-ternary-4B-unpacked"
+    tiny_klein.write_model_set(repo, flavour="ternary", dtype="bf16", layout="diffusers")
+    (repo / "model_index.json").write_text(json.dumps({"_class_name": "Flux2KleinPipeline"}))
+    cache = tmp_path / "cache"
+    with bonsai_sd.Pipeline.from_pretrained(repo, cache_dir=cache, threads=1, flash_attention=True) as pipe:
+        assert pipe.files.transformer.parent.parent == cache / "converted"
+        image = pipe("a cat", seed=1, **SMALL)
+    assert image.size == (64, 64) and image.parameters["transformer"] == "transformer.gguf"
