@@ -23,8 +23,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -270,9 +270,9 @@ void drain_idle_logs() {
 // Runs `work` as one engine call and forwards the job's messages to Python until it ends:
 // `on_progress(step, steps, seconds)` for each progress report, log records to Python logging. A
 // KeyboardInterrupt or an exception raised by `on_progress` cancels the job (a queued job is
-// withdrawn, a running one stops at the engine's next check); it is returned, to be raised by
-// the caller once it has cleaned up. `work` does not run when the job is cancelled before it
-// starts. GIL held on entry and exit.
+// withdrawn, a generation stops at the engine's next check, a load runs to its end); it is
+// returned, to be raised by the caller once it has cleaned up. `work` does not run when the job
+// is cancelled before it starts. GIL held on entry and exit.
 std::optional<py::error_already_set> run_job(Job& job, const py::object& on_progress, std::function<void()> work) {
     std::optional<py::error_already_set> interrupt;
     auto take = [&](py::error_already_set&& e) {
