@@ -30,3 +30,18 @@ def upstream_cache_dir() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]) / "bonsai-sd"
     return Path.home() / ".cache" / "bonsai-sd"
+
+
+# One small generation: the demo model at 64 x 64, one step (the text encoder dominates: ~2-4 s).
+SMALL = {"width": 64, "height": 64, "steps": 1}
+
+
+@pytest.fixture(scope="session")
+def demo_pipeline():
+    """The packaged demo model, loaded once. One thread and flash attention: fastest on a small,
+    shared CPU (OpenMP threads spin at barriers when the cores are busy)."""
+    import bonsai_sd
+
+    pipe = bonsai_sd.Pipeline.demo(threads=1, flash_attention=True)
+    yield pipe
+    pipe.close()

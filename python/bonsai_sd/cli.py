@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .generate_cli import add_generate_parser
+
 
 def _build_info() -> int:
     from . import _core
@@ -14,6 +16,7 @@ def _build_info() -> int:
     print(f"stable-diffusion.cpp {_core.sd_version} (commit {_core.sd_commit})")
     print(f"ggml {_core.ggml_version} (commit {_core.ggml_commit})")
     print(f"backends: {', '.join(_core.backends())}")
+    print(f"devices: {', '.join(d['name'] + ' (' + d['description'] + ')' for d in _core.devices())}")
     print("types:")
     for row in _core.type_table():
         print(f"  {row['id']:>4}  {row['name']:<10} block {row['block_size']:>4}  {row['type_size']:>4} bytes")
@@ -88,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "(default: transformer; detected for a file)")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     conv.set_defaults(func=_cmd_convert)
+
+    add_generate_parser(sub)
     return parser
 
 
