@@ -107,7 +107,7 @@ fi
 # ---- 4. test-backend-ops perf -------------------------------------------------------------------
 if want perf; then
 echo "== test-backend-ops perf (CUDA0): DiT linears"
-shape='m=(3072|9216|18432|27648|9728|2560),n=NS,k=(3072|9216|12288|2560|9728),bs=\\[1,1\\],nr=\\[1,1\\],per=\\[0,1,2,3\\],k_v=0,o=1'
+shape='m=(3072|9216|18432|27648|9728|2560),n=NS,k=(3072|9216|12288|2560|9728),bs=\[1,1\],nr=\[1,1\],per=\[0,1,2,3\],k_v=0,o=1'
 gemm="type_a=(f16|bf16|q8_0|q4_0|q1_0|q2_0|pq2_0|ptq1_0),type_b=f32,${shape/NS/(${BONSAI_CHECK_PERF_N:-512|4096|4608})}"
 matvec="type_a=(f16|bf16|q1_0|q2_0|pq2_0|ptq1_0),type_b=f32,${shape/NS/1}"
 {

@@ -1,5 +1,7 @@
 // The large-batch GEMM of the low-bit types: int8 tensor cores (mma.sync m16n8k32, sm_80+),
-// weights kept packed in VRAM and decoded in shared memory and registers.
+// weights kept packed in VRAM and decoded in shared memory and registers. The MUL_MAT path on
+// sm_80..89 (on sm_90 the f16 wgmma GEMM of lowbit-cuda-gemm-sm90.cu runs instead: mma.sync
+// runs at half the tensor rate there).
 //
 // dst[n][m] = sum_k W[m][k] * x[n][k] with W in a low-bit type and x in f32.
 //

@@ -52,9 +52,13 @@ cudaError_t bonsai_cuda_dequantize_cpy(const bonsai_cuda_cpy_args * args, cudaSt
 // dst: f32, element (m, n, i2, i3) at dst + m*4 + n*d_nb1 + i2*d_nb2 + i3*d_nb3.
 // Slice (i2, i3) of x uses weight slice (i2 / (ne2 / w_ne2), i3 / (ne3 / w_ne3)).
 //
-// N <= 8 runs a mat-vec kernel on the f32 activations. Larger N quantizes the activations
-// to int8 with one scale per (token, 128 elements of K) and runs the int8 tensor-core GEMM,
-// which decodes the packed weights in shared memory; K must then be a multiple of 128.
+// N <= 8 runs a mat-vec kernel on the f32 activations. Larger N runs a tensor-core GEMM that
+// decodes the packed weights on chip; K must be a multiple of 128:
+//   - on compute capability 9.0 with the sm_90a object built in (BONSAI_CUDA_SM90): f16 wgmma,
+//     activations rounded to f16, weights exact (lowbit-cuda-gemm-sm90.cu);
+//   - otherwise (sm_80+): int8 mma.sync, activations rounded to int8 with one scale per
+//     (token, 128 elements of K) (lowbit-cuda-gemm.cu).
+// BONSAI_SD_CUDA_GEMM=int8 in the environment forces the int8 GEMM on sm_90 too.
 struct bonsai_cuda_matmul_args {
     int type;
     const void * w; int64_t M, K, w_ne2, w_ne3; size_t w_nb1, w_nb2, w_nb3;
