@@ -427,190 +427,6 @@ static __global__ void __launch_bounds__(WGS * 128, MIN_BLOCKS) gemm_f16_kernel(
 #endif
 }
 
-// ---- warp-specialized variant: two producer warpgroups, two consumer warpgroups ------------
-// Producers copy (cp.async, WS_LAG steps ahead: raw weight bytes and f16 activations) and
-// decode (one step ahead of the tensor cores at most two); consumers only issue wgmma. Stages
-// pass through mbarriers: full[s] (256 producer arrivals: A of step s decoded, its B landed)
-// and empty[s] (256 consumer arrivals: the wgmma of step s finished).
-
-static __device__ __forceinline__ void mbar_init(uint64_t * bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((uint32_t) __cvta_generic_to_shared(bar)), "r"(count));
-}
-
-static __device__ __forceinline__ void mbar_arrive(uint64_t * bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"((uint32_t) __cvta_generic_to_shared(bar)) : "memory");
-}
-
-static __device__ __forceinline__ void mbar_wait(uint64_t * bar, int parity) {
-    asm volatile(
-        "{\n"
-        ".reg .pred done;\n"
-        "WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra WAIT;\n"
-        "}\n" ::"r"((uint32_t) __cvta_generic_to_shared(bar)),
-        "r"(parity)
-        : "memory");
-}
-
-static constexpr int WS_B_STAGES   = 6;  // activations of a 64-element step (and the barrier slots)
-static constexpr int WS_A_STAGES   = 3;  // decoded weights of a step
-static constexpr int WS_RAW_STAGES = 3;  // raw weight bytes of a 128-element chunk
-static constexpr int WS_LAG        = 4;  // copies run this many steps ahead of the decode
-
-struct ws_shape {
-    static constexpr int bm        = 128;
-    static constexpr int bn        = 128;
-    static constexpr int threads   = 512;  // warpgroups 0, 1: producers; 2, 3: consumers
-    static constexpr int a_stage   = bm * 128;
-    static constexpr int b_stage   = bn * 128;
-    static constexpr int a_bytes   = WS_A_STAGES * a_stage;
-    static constexpr int b_bytes   = WS_B_STAGES * b_stage;
-    static constexpr int raw_bytes = WS_RAW_STAGES * bm * RAW_SLOT;
-    static constexpr int smem      = 1024 + a_bytes + b_bytes + raw_bytes + 2 * WS_B_STAGES * 8;
-    static_assert(smem <= 227 * 1024, "shared memory");
-};
-
-template <int TYPE>
-static __global__ void __launch_bounds__(512, 1) gemm_f16_ws_kernel(
-        const uint8_t * __restrict__ w, int64_t M, size_t w_nb1, int chunks, const half * __restrict__ act,
-        int64_t N, float * __restrict__ dst, int64_t ldd) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    using S = ws_shape;
-    constexpr int BM = S::bm, BN = S::bn;
-    constexpr int CB = chunk_bytes(TYPE);
-
-    extern __shared__ uint8_t smem_unaligned[];
-    const uint32_t smem_base = (uint32_t) __cvta_generic_to_shared(smem_unaligned);
-    uint8_t  * smem  = smem_unaligned + (((smem_base + 1023) & ~1023u) - smem_base);
-    uint8_t  * s_a   = smem;                        // [A_STAGES][BM][128]
-    uint8_t  * s_b   = smem + S::a_bytes;           // [B_STAGES][BN][128]
-    uint8_t  * s_raw = s_b + S::b_bytes;            // [RAW_STAGES][BM][RAW_SLOT]
-    uint64_t * full  = (uint64_t *) (s_raw + S::raw_bytes);
-    uint64_t * empty = full + WS_B_STAGES;
-
-    const int tid = threadIdx.x;
-
-    const int64_t m0     = (int64_t) blockIdx.x * BM;
-    const int64_t n0     = (int64_t) blockIdx.y * BN;
-    const int64_t kbytes = (int64_t) chunks * CHUNK * 2;
-    const int     steps  = 2 * chunks;
-
-    if (tid == 0) {
-        for (int s = 0; s < WS_B_STAGES; s++) {
-            mbar_init(&full[s], 256);
-            mbar_init(&empty[s], 256);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-
-    if (tid < 256) {
-        // ---- producers: thread p decodes half of row p / 2 ----
-        const int p = tid;
-        const int r = p / 2;
-        const uint8_t * dec_row = w + min(m0 + r, M - 1) * w_nb1;  // rows past M read row M-1, dropped later
-
-        auto copy_step = [&](int step) {
-            uint8_t * b = s_b + (step % WS_B_STAGES) * S::b_stage;
-#pragma unroll
-            for (int j = 0; j < BN * 8 / 256; j++) {
-                const int i = p + 256 * j;
-                const int br = i / 8, c = i % 8;
-                cp_async16(b + br * 128 + ((c ^ (br & 7)) << 4), (const uint8_t *) act + (n0 + br) * kbytes + (int64_t) step * 128 + c * 16);
-            }
-            if (step % 2 == 0) {
-                const int chunk = step / 2;
-                uint8_t * raw = s_raw + (chunk % WS_RAW_STAGES) * BM * RAW_SLOT;
-#pragma unroll
-                for (int j = 0; j < BM * 4 / 256; j++) {
-                    const int       i     = p + 256 * j;
-                    const int       piece = i % 4;
-                    const uint8_t * src   = w + min(m0 + i / 4, M - 1) * w_nb1 + (int64_t) chunk * CB;
-                    const int       shift = (int) ((uintptr_t) src & 15);
-                    if (piece * 16 < shift + CB) {
-                        cp_async16(raw + (i / 4) * RAW_SLOT + piece * 16, src - shift + piece * 16);
-                    }
-                }
-            }
-        };
-
-        for (int s = 0; s < WS_LAG; s++) {
-            if (s < steps) {
-                copy_step(s);
-            }
-            cp_async_commit();
-        }
-        for (int step = 0; step < steps; step++) {
-            cp_async_wait<WS_LAG - 1>();  // this thread's copies of `step` landed
-            asm volatile("bar.sync 1, 256;\n" ::: "memory");  // every producer's; all decoded step - 1
-            // step - 2 consumed: frees B stage (step + LAG) % B_STAGES and A stage (step % A_STAGES)
-            if (step >= 2) {
-                mbar_wait(&empty[(step - 2) % WS_B_STAGES], ((step - 2) / WS_B_STAGES) & 1);
-            }
-            if (step + WS_LAG < steps) {
-                copy_step(step + WS_LAG);
-            }
-            cp_async_commit();
-            const int       chunk = step / 2;
-            const uint8_t * row   = dec_row + (int64_t) chunk * CB;
-            const uint8_t * raw   = s_raw + (chunk % WS_RAW_STAGES) * BM * RAW_SLOT + r * RAW_SLOT + ((uintptr_t) row & 15);
-            uint8_t       * line  = s_a + (step % WS_A_STAGES) * S::a_stage + r * 128;
-            decode_two_words<TYPE>(raw, line, r, 4 * (step % 2) + 2 * (p % 2));
-            fence_proxy_async();  // decoded A and landed B are read by the tensor cores
-            mbar_arrive(&full[step % WS_B_STAGES]);
-        }
-        return;
-    }
-
-    // ---- consumers: warpgroup c multiplies rows 64c .. 64c+63 ----
-    const int c    = tid / 128 - 2;
-    const int lane = tid % 32;
-    const int wi   = (tid / 32) % 4;
-    const int g    = lane / 4;
-    const int t    = lane % 4;
-    float d[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) {
-        d[i] = 0.0f;
-    }
-    for (int step = 0; step < steps; step++) {
-        mbar_wait(&full[step % WS_B_STAGES], (step / WS_B_STAGES) & 1);
-        const uint64_t da = smem_desc(s_a + (step % WS_A_STAGES) * S::a_stage + c * 64 * 128);
-        const uint64_t db = smem_desc(s_b + (step % WS_B_STAGES) * S::b_stage);
-        wgmma_fence();
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            wgmma_tile<BN>(d, da + (uint64_t) (k * 32 >> 4), db + (uint64_t) (k * 32 >> 4));
-        }
-        wgmma_commit();
-        wgmma_wait<1>();  // step - 1 is done: hand its stages back
-        if (step > 0) {
-            mbar_arrive(&empty[(step - 1) % WS_B_STAGES]);
-        }
-    }
-    wgmma_wait<0>();
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) {
-        fence_register(d[i]);
-    }
-    const int row_a = c * 64 + wi * 16 + g;
-#pragma unroll
-    for (int j = 0; j < BN / 8; j++) {
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int64_t row = m0 + row_a + (e >= 2 ? 8 : 0);
-            const int64_t col = n0 + 8 * j + 2 * t + (e & 1);
-            if (row < M && col < N) {
-                dst[col * ldd + row] = d[4 * j + e];
-            }
-        }
-    }
-#else
-    __trap();
-#endif
-}
-
 // ---- host side ----------------------------------------------------------------------------------
 
 template <int TYPE, int WGS, int BN, int MIN_BLOCKS>
@@ -629,8 +445,9 @@ static cudaError_t launch_f16(const uint8_t * w, int64_t M, size_t w_nb1, int ch
 
 // Tile configurations. 1 (BM = BN = 128, two warpgroups, two blocks per SM) was the fastest at
 // every FLUX.2 DiT shape on an H100 (tests/cuda/lowbit_cuda_check); the others stay for that
-// comparison: 2: BM = 256 (four warpgroups); 3: BN = 64; 4: warp-specialized, two producer and
-// two consumer warpgroups.
+// comparison: 2: BM = 256 (four warpgroups); 3: BN = 64. (A warp-specialized version, two
+// producer and two consumer warpgroups handing stages over through mbarriers, was slower:
+// BENCHMARKS.md.)
 template <int TYPE>
 static cudaError_t f16_typed(int config, const uint8_t * w, int64_t M, size_t w_nb1, int chunks, const half * act,
                              int64_t rows, int64_t N, float * dst, int64_t ldd, cudaStream_t stream) {
@@ -638,16 +455,6 @@ static cudaError_t f16_typed(int config, const uint8_t * w, int64_t M, size_t w_
         case 1:  return launch_f16<TYPE, 2, 128, 2>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, stream);
         case 2:  return launch_f16<TYPE, 4, 128, 1>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, stream);
         case 3:  return launch_f16<TYPE, 2, 64, 2>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, stream);
-        case 4: {
-            auto kernel = gemm_f16_ws_kernel<TYPE>;
-            const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_shape::smem);
-            if (err != cudaSuccess) {
-                return err;
-            }
-            const dim3 grid((unsigned) ((M + ws_shape::bm - 1) / ws_shape::bm), (unsigned) (rows / ws_shape::bn));
-            kernel<<<grid, ws_shape::threads, ws_shape::smem, stream>>>(w, M, w_nb1, chunks, act, N, dst, ldd);
-            return cudaGetLastError();
-        }
         default: return cudaErrorInvalidValue;
     }
 }

@@ -32,24 +32,87 @@
 
 namespace bonsai_cuda {
 
+static constexpr uint32_t MAGIC      = 0x4B400000u;  // bits of 12582912.0f = 1.5 * 2^23
+
+// The GEMM kernel's helpers: only its sm_80+ body uses them.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+static constexpr float MAGIC_F = 12582912.0f;
+
+static __device__ __forceinline__ void ldmatrix_x4(const void * smem, uint32_t & r0, uint32_t & r1, uint32_t & r2, uint32_t & r3) {
+    const uint32_t s = (uint32_t) __cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(s));
+}
+
+// ---- normalize: one chunk of a weight row -> 8 words of 2-bit codes + 2 scales -----------------
+// `raw` points at the row's chunk (2-byte aligned, in shared memory); part 0 or 1 does half the
+// work. Word w is stored at index 2*(w%4) + w/4, so thread t of a warp finds its two words
+// (t and t+4) side by side.
+
+static __device__ __forceinline__ int clean_index(int w) {
+    return 2 * (w % 4) + w / 4;
+}
+
+template <int TYPE> static __device__ __forceinline__ void normalize(const uint8_t * raw, int part, uint32_t * clean, float * dw);
+
+template <> __device__ __forceinline__ void normalize<BONSAI_TYPE_Q1_0>(const uint8_t * raw, int part, uint32_t * clean, float * dw) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int w = 4 * part + i;
+        clean[clean_index(w)] = spread_bits16(load_u16(raw + 2 + 2 * w)) << 1;
+    }
+    dw[part] = load_half(raw);
+}
+
+template <> __device__ __forceinline__ void normalize<BONSAI_TYPE_Q2_0>(const uint8_t * raw, int part, uint32_t * clean, float * dw) {
+    const uint8_t * block = raw + 18 * part;  // 64-element block `part` of the chunk
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        clean[clean_index(4 * part + i)] = load_u32_a2(block + 2 + 4 * i);
+    }
+    dw[part] = load_half(block);
+}
+
+template <> __device__ __forceinline__ void normalize<BONSAI_TYPE_PQ2_0>(const uint8_t * raw, int part, uint32_t * clean, float * dw) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int w = 4 * part + i;
+        clean[clean_index(w)] = load_u32_a2(raw + 2 + 4 * w);
+    }
+    dw[part] = load_half(raw);
+}
+
+template <> __device__ __forceinline__ void normalize<BONSAI_TYPE_PTQ1_0>(const uint8_t * raw, int part, uint32_t * clean, float * dw) {
+    if (part == 0) {
+        const uint32_t q[4] = {load_u32_a2(raw), load_u32_a2(raw + 4), load_u32_a2(raw + 8), load_u32_a2(raw + 12)};
+#pragma unroll
+        for (int n = 0; n < 5; n++) {
+            clean[clean_index(n)] = ptq1_0_word_low(q, n);
+        }
+    } else {
+        uint32_t w5, w6, w7;
+        ptq1_0_words_high(load_u32_a2(raw + 16), load_u32_a2(raw + 20), load_u16(raw + 24), w5, w6, w7);
+        clean[clean_index(5)] = w5;
+        clean[clean_index(6)] = w6;
+        clean[clean_index(7)] = w7;
+        dw[0] = dw[1] = load_half(raw + 26);
+    }
+}
+
 // d += a (16x32 u8, row-major) * b (32x8 s8, column-major)
 static __device__ __forceinline__ void mma_u8s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if __CUDA_ARCH__ >= 800
     asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
                  "{%0, %1, %2, %3};\n"
                  : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    __trap();
-#endif
 }
+#endif  // sm_80+
 
 // ---- activation pre-pass --------------------------------------------------------------------
 
-// In-chunk byte position of element e (the inverse of bonsai_cuda_act_position_element).
-// Element e = 64B + 16t + 4b + s sits at byte 4 * (16B + 4s + t) + b.
-
-// One warp per (token row, chunk). Rows past N get zero codes.
+// Element e = 64B + 16t + 4b + s of a chunk is stored at byte 4 * (16B + 4s + t) + b (the inverse
+// of bonsai_cuda_act_position_element). One warp per (token row, chunk). Rows past N get zero codes.
 static __global__ void __launch_bounds__(256) quantize_act_kernel(
         const char * __restrict__ x, int64_t N, size_t nb0, size_t nb1, int64_t rows, int64_t chunks,
         int8_t * __restrict__ act, float4 * __restrict__ scales) {

@@ -98,7 +98,7 @@ int64_t bonsai_cuda_act_f16_rows(int64_t N);
 int bonsai_cuda_act_f16_position_element(int p);
 cudaError_t bonsai_cuda_convert_act_f16(const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1, half * act,
                                         cudaStream_t stream);
-#define BONSAI_CUDA_F16_CONFIGS 4
+#define BONSAI_CUDA_F16_CONFIGS 3
 cudaError_t bonsai_cuda_gemm_f16(int type, const void * w, int64_t M, int64_t K, size_t w_nb1, const half * act,
                                  int64_t N, float * dst, size_t d_nb1, int config, cudaStream_t stream);
 
