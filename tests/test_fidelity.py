@@ -146,8 +146,9 @@ def convert_every_format(model: Model, quant_type: str, out_dir: Path) -> Path:
 
 def widened_to_f32(path: Path, out: Path) -> Path:
     """The GGUF with every tensor stored as F32 (exact: each value is an fp16 or a low-bit
-    value). F32 weights keep ggml from rounding activations (its F16 matmul rounds its input
-    to fp16, and sd.cpp keeps the embedders and the final layer in their stored type)."""
+    value). F32 weights keep ggml from rounding activations: its F16 matmul rounds its input to
+    fp16 (and loading with weight_type="f32" would leave the embedders and the final layer F16,
+    as sd.cpp never converts those)."""
     contents = read_gguf(path)
     tensors = {}
     for t in contents.tensors:
