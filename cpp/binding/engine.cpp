@@ -411,8 +411,8 @@ std::vector<ImageData> take_images(sd_image_t* images, int count) {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-// A C-contiguous float32 copy of `obj` with `dims` dimensions (a leading batch dimension of 1
-// is dropped), or a ValueError naming `what`.
+// `obj` as a C-contiguous float32 array (converted when it is not one) with `dims` dimensions
+// (a leading batch dimension of 1 is dropped), or a ValueError naming `what`.
 FloatArray float_array(const py::handle& obj, const char* what, int dims, const char* layout) {
     FloatArray a = FloatArray::ensure(obj);
     if (!a) {
