@@ -7,7 +7,9 @@ tokens). The pinned sd.cpp computes that same mu for every FLUX.2 model, but its
 ("discrete") scheduler spaces the timesteps as ``linspace(1, 0.001, N)``; its "simple" scheduler
 spaces them as ``1 - floor(1000 i / N) / 1000``, which is diffusers' spacing whenever N divides
 1000 (N = 1, 2, 4, 5, 8, 10, 20, ...; within 0.001 otherwise). So the default scheduler here is
-"simple" (tests compare it with the exact schedule passed as custom sigmas).
+"simple" (tests compare it with the exact schedule passed as custom sigmas, and
+tests/test_fidelity.py finds its 4-step sigmas at 512 and 1024 pixels within one float32 ulp of
+diffusers' Flux2KleinPipeline's).
 """
 
 from __future__ import annotations
