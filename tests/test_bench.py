@@ -310,3 +310,19 @@ def test_gpu_bench_script_runs_its_whole_flow_on_tiny_models(repo_root, tmp_path
     lean = json.loads((out / "lean.json").read_text())
     assert lean["cases"][0]["mode"] == "lean"
     assert "| pq2_0 | lean |" in (out / "report.md").read_text()
+
+
+def test_diffusers_baseline_maps_the_f16_file_onto_every_diffusers_tensor(tiny_set):
+    """What tools/bench_diffusers.py hands to load_state_dict(strict=True) (torch itself is only on
+    the GPU machine): exactly Flux2Transformer2DModel's tensors, with their shapes."""
+    import bench_diffusers
+    import tiny_klein
+
+    bfl = bench_diffusers.gguf_arrays(tiny_set / "transformer-f16.gguf")
+    state = tiny_klein.bfl_to_diffusers(bfl)
+    assert {n: a.shape for n, a in state.items()} == mfm.klein.diffusers_inventory(mfm.TINY.dit)
+    assert bench_diffusers.transformer_config(mfm.TINY.dit)["num_attention_heads"] == 2
+    config = bench_diffusers.text_encoder_config(tiny_set / "text-encoder-q4_k.gguf")
+    assert config == {"vocab_size": 151_936, "hidden_size": 256, "num_hidden_layers": 28, "intermediate_size": 512,
+                      "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "rms_norm_eps": 1e-6,
+                      "rope_theta": 1_000_000.0, "tie_word_embeddings": True, "max_position_embeddings": 40960}

@@ -2,7 +2,7 @@
 # The full-scale FLUX.2 [klein] 4B benchmark on the GPU machine, in one command (issue #8):
 # build bonsai-sd with CUDA, write the synthetic full-size models to a tmpfs, run `bonsai-sd bench`
 # for every transformer type at 512x512 and 1024x1024 plus a lean-mode PQ2_0 run, run the diffusers
-# BF16 baseline on the same weights, and leave JSON, logs and a Markdown report in $OUT (7 files).
+# BF16 baseline on the same weights, and leave JSON, logs and a Markdown report in $OUT (at most 8 files).
 #
 # Before the device call, in the repository root here (the GPU machine reaches no registry;
 # .gitignore already ignores /.whl/ and /.device/, so name both in the call's `carry`):
@@ -16,11 +16,15 @@
 #   mkdir -p .device/sdist && python3 -m pip download --no-deps --no-binary :all: -d .device/sdist \
 #       stable-diffusion-cpp-python==0.4.7
 #
-# On the GPU machine (the first call builds for about 4 minutes; every phase skips work already
-# done on a warm machine: a CUDA build that imports, model files that exist):
-#   BONSAI_SD_COMMIT=<commit> tools/gpu-bench.sh                      # everything, if it fits
-#   tools/gpu-bench.sh --phases build,models,bench                     # or split over two calls
-#   tools/gpu-bench.sh --phases build,models,lean,diffusers,report
+# On the GPU machine (the CUDA build takes about 4.5 minutes, the models about 1; every phase skips
+# work already done on a warm machine: a CUDA build that imports, model files that exist):
+#   BONSAI_SD_COMMIT=<commit> tools/gpu-bench.sh     # everything in one call, if it fits: the bench
+#                                                    # gets what the deadline leaves after the build,
+#                                                    # the models and a reserve for lean + diffusers
+# or split over two calls (the second rebuilds only if the machine went cold):
+#   BONSAI_SD_COMMIT=<commit> tools/gpu-bench.sh --phases build,models,bench,report
+#   BONSAI_SD_COMMIT=<commit> tools/gpu-bench.sh --phases build,models,lean,diffusers,report --types pq2_0,f16
+# then, here: bonsai-sd bench --report bench.json lean.json lean-nocap.json diffusers.json
 # Options: --types a,b  --sizes 512,1024  --images N  --warmup N  --deadline SECONDS (default 570:
 # the phases left are skipped past it, and the bench gets what remains less the later phases'
 # reserve)  --models DIR  --tiny (the whole flow on tiny models, CPU unless CUDA is built: a test).
@@ -119,9 +123,10 @@ if has models; then
 fi
 
 # What the phases after the bench need, so that the bench leaves them time.
-reserve=0
-has lean && reserve=$(( reserve + 45 ))
-has diffusers && reserve=$(( reserve + 150 ))
+diffusers_reserve=0
+has diffusers && diffusers_reserve=90
+reserve=$diffusers_reserve
+has lean && reserve=$(( reserve + 40 ))
 common=(--device "$device" --sizes "$sizes" --steps "$steps" --warmup "$warmup" --images "$images")
 # One thread for the tiny flow: OpenMP threads spin at barriers on a small, busy CPU.
 [ "$tiny" = 1 ] && common+=(--threads 1)
@@ -139,6 +144,11 @@ if has lean; then
         lean_sizes=$([ "$tiny" = 1 ] && echo "$sizes" || echo 1024)
         "$PYTHON" -m bonsai_sd bench "$models" "${common[@]}" --sizes "$lean_sizes" --types pq2_0 --modes lean \
             --time-budget "$(left)" --case-timeout 120 -o "$OUT/lean.json" --log "$OUT/bench.log" || say "lean: failed"
+        # The same without the cap on a model's device memory: what the cap costs in time.
+        if [ "$device" = cuda ] && [ "$(left)" -gt $(( diffusers_reserve + 20 )) ]; then
+            "$PYTHON" -m bonsai_sd bench "$models" "${common[@]}" --sizes "$lean_sizes" --types pq2_0 --modes lean \
+                --lean-max-vram 0 --case-timeout 60 -o "$OUT/lean-nocap.json" --log "$OUT/bench.log" || say "lean (no cap): failed"
+        fi
     else
         say "lean: skipped (deadline)"
     fi
@@ -158,7 +168,7 @@ if has diffusers; then
 fi
 
 if has report; then
-    reports=$(ls "$OUT"/bench.json "$OUT"/lean.json "$OUT"/diffusers.json 2>/dev/null || true)
+    reports=$(ls "$OUT"/bench.json "$OUT"/lean.json "$OUT"/lean-nocap.json "$OUT"/diffusers.json 2>/dev/null || true)
     if [ -n "$reports" ]; then
         # shellcheck disable=SC2086
         "$PYTHON" -m bonsai_sd bench --report $reports > "$OUT/report.md"

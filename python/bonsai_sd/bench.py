@@ -468,7 +468,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             if log_file:
                 log_file.write(f"==== {case.type_name} ({case.mode})\n")
                 log_file.flush()
-            outcome = run_in_subprocess(spec, gpu, args.case_timeout, log_file)
+            timeout = args.case_timeout
+            if args.time_budget is not None:  # a case may run past the budget by at most half a minute
+                left = args.time_budget - (time.monotonic() - started) + 30
+                timeout = left if timeout is None else min(timeout, left)
+            outcome = run_in_subprocess(spec, gpu, timeout, log_file)
             entry = {"type": case.type_name, "mode": case.mode, "options": options, "vae_tiling": vae_tiling,
                      "file_bytes": {k: p.stat().st_size for k, p in files.items()}, **outcome}
             report["cases"].append(entry)
@@ -546,8 +550,10 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
             gpu = s.get("peak_gpu_bytes")
             note = " (failed)" if case.get("error") else (" (incomplete)" if s.get("incomplete") else "")
             tbytes = case.get("file_bytes", {}).get("transformer")
+            mode = case["mode"] + (f" ≤{case['options']['max_vram']:g} GiB" if "max_vram" in case.get("options", {})
+                                   else "")
             lines.append(
-                f"| {case['type']}{note} | {case['mode']} | {_fmt(tbytes / GB if tbytes else None)} "
+                f"| {case['type']}{note} | {mode} | {_fmt(tbytes / GB if tbytes else None)} "
                 f"| {_fmt(case.get('load_s'), 1)} | {_fmt(s.get('s_per_image'))} "
                 f"| {_ratio(s.get('s_per_image'), base.get('s_per_image'))} | {_fmt(s.get('s_per_step'), 3)} "
                 f"| {_fmt(s.get('te_s'))} | {_fmt(s.get('sampling_s'))} | {_fmt(s.get('vae_s'))} "
