@@ -532,7 +532,7 @@ public:
             const std::string& model, const std::string& device, int n_threads, const std::string& weight_type,
             bool offload_params_to_cpu, bool keep_clip_on_cpu, bool keep_vae_on_cpu, bool flash_attn,
             bool diffusion_flash_attn, bool vae_decode_only, bool free_params_immediately, bool enable_mmap,
-            const py::object& on_progress) {
+            float max_vram, const py::object& on_progress) {
         sd_ctx_params_t p;
         sd_ctx_params_init(&p);
         p.diffusion_model_path    = diffusion_model.c_str();
@@ -558,6 +558,10 @@ public:
         p.flash_attn            = flash_attn;
         p.diffusion_flash_attn  = diffusion_flash_attn;
         p.enable_mmap           = enable_mmap;
+        if (!(max_vram >= 0.0f)) {
+            throw py::value_error("max_vram must be >= 0 GiB (0: no limit), got " + std::to_string(max_vram));
+        }
+        p.max_vram = max_vram;  // GiB per model graph on the device; needs offload_params_to_cpu
 
         Job job;
         auto interrupt = run_job(job, on_progress, [&] { ctx_.store(new_sd_ctx(&p)); });
@@ -845,14 +849,14 @@ void register_engine(py::module_& m) {
     py::class_<Context>(m, "Context")
         .def(py::init<const std::string&, const std::string&, const std::string&, const std::string&,
                       const std::string&, int, const std::string&, bool, bool, bool, bool, bool, bool, bool, bool,
-                      const py::object&>(),
+                      float, const py::object&>(),
              py::kw_only(), py::arg("diffusion_model") = "", py::arg("llm") = "", py::arg("vae") = "",
              py::arg("model") = "", py::arg("device") = "", py::arg("n_threads") = 0, py::arg("weight_type") = "",
              py::arg("offload_params_to_cpu") = false, py::arg("keep_clip_on_cpu") = false,
              py::arg("keep_vae_on_cpu") = false, py::arg("flash_attn") = false,
              py::arg("diffusion_flash_attn") = false, py::arg("vae_decode_only") = true,
              py::arg("free_params_immediately") = false, py::arg("enable_mmap") = false,
-             py::arg("progress") = py::none(),
+             py::arg("max_vram") = 0.0f, py::arg("progress") = py::none(),
              "Load a model (the engine call runs without the GIL; progress(step, steps, seconds) reports tensors).")
         .def("generate", &Context::generate, py::kw_only(), py::arg("prompt"), py::arg("negative_prompt") = "",
              py::arg("width") = 512, py::arg("height") = 512, py::arg("steps") = 4, py::arg("seed") = 0,
