@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_klein  # noqa: E402 - tools/ is not a package
 
+from bonsai_sd.bench import git_commit  # noqa: E402
 from bonsai_sd.convert import klein  # noqa: E402
 from bonsai_sd.ggufio import read_gguf  # noqa: E402
 
@@ -208,7 +209,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "schema": 1, "tool": "tools/bench_diffusers.py", "bonsai_sd": f"diffusers {diffusers.__version__}, "
-        f"transformers {transformers.__version__}, torch {torch.__version__}", "commit": None,
+        f"transformers {transformers.__version__}, torch {torch.__version__}", "commit": git_commit(),
         "command": ["python", *sys.argv], "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine,
         "settings": {"device": device, "device_name": machine["gpu"] or "CPU", "sizes": args.sizes,
                      "steps": args.steps, "warmup": args.warmup, "images": args.images, "dtype": "bf16"},
