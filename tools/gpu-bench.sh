@@ -28,6 +28,8 @@
 # Options: --types a,b  --sizes 512,1024  --images N  --warmup N  --deadline SECONDS (default 570:
 # the phases left are skipped past it, and the bench gets what remains less the later phases'
 # reserve)  --models DIR  --tiny (the whole flow on tiny models, CPU unless CUDA is built: a test).
+# --phases build,models,profile: tools/cuda_profile.py's per-op GPU times of one 1024x1024 image per
+# type (profile.json, profile.md; issue 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -165,6 +167,13 @@ if has diffusers; then
     else
         say "diffusers: skipped (deadline)"
     fi
+fi
+
+if has profile; then  # not in the default phases: where one generation's GPU time goes (issue 10)
+    say "per-op CUDA profile: $types, 1024x1024"
+    "$PYTHON" tools/cuda_profile.py "$models" --types "$types" --size 1024 --steps "$steps" \
+        -o "$OUT/profile.json" > "$OUT/profile.md" || say "profile: failed"
+    cat "$OUT/profile.md"
 fi
 
 if has report; then
