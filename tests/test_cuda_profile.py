@@ -50,3 +50,10 @@ def test_the_report_table_shows_each_stage_and_the_largest_ops():
     assert "| **total** | **3.0** | **10.0** | **4.0** |" in text
     assert "| MUL_MAT pq2_0 | 6.00 | 10 |" in text
     assert "**f16**: failed (exit status 1)" in text
+
+
+def test_a_case_is_a_type_with_optional_environment_settings():
+    assert cp.parse_case("pq2_0") == ("pq2_0", {})
+    assert cp.parse_case("f16@A=1@B=x=y") == ("f16", {"A": "1", "B": "x=y"})
+    with pytest.raises(ValueError, match="TYPE@NAME=VALUE"):
+        cp.parse_case("f16@A")

@@ -9,6 +9,7 @@ Markdown table; `-o` writes the JSON. Needs a CUDA build and the full-size model
 tools/make_full_size_model.py.
 
     python tools/cuda_profile.py /mnt/bonsai-bench --types pq2_0,f16 --size 1024 -o profile.json
+    python tools/cuda_profile.py /mnt/bonsai-bench --types pq2_0,pq2_0@BONSAI_SD_CUDA_UPSTREAM_IM2COL=1
     python tools/cuda_profile.py --report profile.json
 
 A graph is the text encoder's, the transformer's or the VAE's by what it contains: the DiT embeds
@@ -119,20 +120,34 @@ def profile_one(models: Path, type_name: str, size: int, steps: int, profile_fil
             "stages": summarize_graphs(graphs, steps)}
 
 
+def parse_case(case: str) -> tuple[str, dict[str, str]]:
+    """"pq2_0" or "pq2_0@NAME=VALUE@..." (a before/after variant: the type with those environment
+    variables set, e.g. BONSAI_SD_CUDA_UPSTREAM_IM2COL=1) -> (type, environment)."""
+    type_name, *settings = case.split("@")
+    env = {}
+    for setting in settings:
+        name, eq, value = setting.partition("=")
+        if not eq or not name:
+            raise ValueError(f"{case!r}: expected TYPE@NAME=VALUE")
+        env[name] = value
+    return type_name, env
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bonsai_sd.bench import git_commit
 
     cases = []
-    for type_name in args.types:
+    for case_name in args.types:
+        type_name, env = parse_case(case_name)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "case.json"
             cmd = [sys.executable, __file__, str(args.models), "--one", type_name, "--size", str(args.size),
                    "--steps", str(args.steps), "-o", str(out)]
-            proc = subprocess.run(cmd, timeout=args.case_timeout)
+            proc = subprocess.run(cmd, timeout=args.case_timeout, env={**os.environ, **env})
             if proc.returncode != 0 or not out.exists():
-                cases.append({"type": type_name, "error": f"exit status {proc.returncode}"})
+                cases.append({"type": case_name, "error": f"exit status {proc.returncode}"})
                 continue
-            cases.append(json.loads(out.read_text()))
+            cases.append({**json.loads(out.read_text()), "type": case_name, "env": env})
     gpu = None
     try:
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],

@@ -29,7 +29,9 @@
 # the phases left are skipped past it, and the bench gets what remains less the later phases'
 # reserve)  --models DIR  --tiny (the whole flow on tiny models, CPU unless CUDA is built: a test).
 # --phases build,models,profile: tools/cuda_profile.py's per-op GPU times of one 1024x1024 image per
-# type (profile.json, profile.md; issue 10).
+# type (profile.json, profile.md; issue 10; --profile-types a,b@ENV=1 for before/after variants).
+# --phases ...,ops: test-backend-ops CUDA0 against CPU for --ops OP,OP (default IM2COL) from the
+# same build directory (ops-OP.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -42,6 +44,8 @@ images=2
 deadline=570
 tiny=0
 models=""
+ops="IM2COL"
+profile_types=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --phases) phases="$2"; shift 2 ;;
@@ -52,6 +56,8 @@ while [ $# -gt 0 ]; do
         --deadline) deadline="$2"; shift 2 ;;
         --models) models="$2"; shift 2 ;;
         --tiny) tiny=1; shift ;;
+        --ops) ops="$2"; shift 2 ;;
+        --profile-types) profile_types="$2"; shift 2 ;;
         *) echo "gpu-bench: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -169,9 +175,24 @@ if has diffusers; then
     fi
 fi
 
+if has ops && [ "$device" = cuda ]; then  # not in the default phases: test-backend-ops, CUDA against CPU
+    build_dir=$(ls -d build/cp3*/ 2>/dev/null | head -1)
+    say "test-backend-ops -o $ops (build: $build_dir)"
+    if cmake -S . -B "$build_dir" -DBONSAI_SD_BUILD_TESTS=ON > "$OUT/ops-build.log" 2>&1 &&
+            cmake --build "$build_dir" --target test-backend-ops -j "$(nproc)" >> "$OUT/ops-build.log" 2>&1; then
+        tbo=$(find "$build_dir" -name test-backend-ops -type f -perm -u+x | head -1)
+        for op in ${ops//,/ }; do
+            "$tbo" -b CUDA0 -o "$op" > "$OUT/ops-$op.log" 2>&1 || say "test-backend-ops $op: FAILED"
+            grep -E "tests passed|Backend CUDA0: " "$OUT/ops-$op.log" | tail -2
+        done
+    else
+        tail -20 "$OUT/ops-build.log"; say "test-backend-ops: build failed"
+    fi
+fi
+
 if has profile; then  # not in the default phases: where one generation's GPU time goes (issue 10)
-    say "per-op CUDA profile: $types, 1024x1024"
-    "$PYTHON" tools/cuda_profile.py "$models" --types "$types" --size 1024 --steps "$steps" \
+    say "per-op CUDA profile: ${profile_types:-$types}, 1024x1024"
+    "$PYTHON" tools/cuda_profile.py "$models" --types "${profile_types:-$types}" --size 1024 --steps "$steps" \
         -o "$OUT/profile.json" > "$OUT/profile.md" || say "profile: failed"
     cat "$OUT/profile.md"
 fi
