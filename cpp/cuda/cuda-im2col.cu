@@ -15,8 +15,7 @@
 
 namespace {
 
-constexpr int OW_TILE = 32;
-constexpr int THREADS = 256;
+constexpr int OW_TILE = 64;
 constexpr int MAX_SHARED_BYTES = 48 * 1024;
 constexpr int MAX_GRID_Z = 65535;
 
@@ -47,32 +46,35 @@ __global__ void im2col_tiled(const float * __restrict__ x, T * __restrict__ dst,
         const int oh = z - n * sh.OH;
         const float * xn = x + n * sh.batch_stride + ic0 * sh.channel_stride;
 
-        const int loads = ict * sh.KH * sh.w_in;
-        for (int i = threadIdx.x; i < loads; i += blockDim.x) {
-            const int w = i % sh.w_in;
-            const int r = i / sh.w_in;
+        // Loads: a warp per input row (channel, kernel row), its lanes along the row.
+        const int warp = threadIdx.x / 32;
+        const int lane = threadIdx.x % 32;
+        for (int r = warp; r < ict * sh.KH; r += blockDim.x / 32) {
             const int kh = r % sh.KH;
             const int ic = r / sh.KH;
             const int ih = oh * sh.s1 + kh * sh.d1 - sh.p1;
-            const int iw = iw0 + w;
-            float v = 0.0f;
-            if (ih >= 0 && ih < sh.IH && iw >= 0 && iw < sh.IW) {
-                v = xn[ic * sh.channel_stride + ih * sh.row_stride + iw];
+            const bool row_inside = ih >= 0 && ih < sh.IH;
+            const float * xr = xn + ic * sh.channel_stride + (int64_t) ih * sh.row_stride;
+            for (int w = lane; w < sh.w_in; w += 32) {
+                const int iw = iw0 + w;
+                tile[r * sh.w_in + w] = (row_inside && iw >= 0 && iw < sh.IW) ? xr[iw] : 0.0f;
             }
-            tile[i] = v;
         }
         __syncthreads();
 
+        // Stores: a thread per position j of the block's run (its channel, kernel row and column
+        // worked out once), walking the output columns; a warp writes 32 consecutive outputs.
         T * out = dst + ((int64_t) z * sh.OW + ow0) * row_len + (int64_t) ic0 * kernel_area;
-        const int stores = owt * run;
-        for (int i = threadIdx.x; i < stores; i += blockDim.x) {
-            const int o = i / run;
-            const int j = i - o * run;
+        for (int j = threadIdx.x; j < run; j += blockDim.x) {
             const int ic = j / kernel_area;
             const int k = j - ic * kernel_area;
             const int kh = k / sh.KW;
             const int kw = k - kh * sh.KW;
-            out[o * row_len + j] = (T) tile[(ic * sh.KH + kh) * sh.w_in + o * sh.s0 + kw * sh.d0];
+            const float * src = tile + (ic * sh.KH + kh) * sh.w_in + kw * sh.d0;
+            T * dst_j = out + j;
+            for (int o = 0; o < owt; o++) {
+                dst_j[o * row_len] = (T) src[o * sh.s0];
+            }
         }
         __syncthreads();  // the tile is refilled for the next output row
     }
@@ -122,12 +124,14 @@ bool bonsai_cuda_im2col(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
         return false;
     }
     const size_t shared = (size_t) ic_tile * floats_per_channel * sizeof(float);
+    // A thread per position of the run (288 for 32 channels of a 3x3 kernel), so none idles.
+    const int threads = std::clamp((ic_tile * kernel_area + 31) / 32 * 32, 64, 512);
     cudaStream_t stream = ctx.stream();
     const float * x = (const float *) src->data;
     if (dst->type == GGML_TYPE_F16) {
-        im2col_tiled<half><<<grid, THREADS, shared, stream>>>(x, (half *) dst->data, sh);
+        im2col_tiled<half><<<grid, threads, shared, stream>>>(x, (half *) dst->data, sh);
     } else {
-        im2col_tiled<float><<<grid, THREADS, shared, stream>>>(x, (float *) dst->data, sh);
+        im2col_tiled<float><<<grid, threads, shared, stream>>>(x, (float *) dst->data, sh);
     }
     CUDA_CHECK(cudaGetLastError());
     return true;
