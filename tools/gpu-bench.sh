@@ -30,8 +30,8 @@
 # reserve)  --models DIR  --tiny (the whole flow on tiny models, CPU unless CUDA is built: a test).
 # --phases build,models,profile: tools/cuda_profile.py's per-op GPU times of one 1024x1024 image per
 # type (profile.json, profile.md; issue 10; --profile-types a,b@ENV=1 for before/after variants).
-# --phases ...,ops: test-backend-ops CUDA0 against CPU for --ops OP,OP (default IM2COL) from the
-# same build directory (ops-OP.log).
+# --phases ...,ops: test-backend-ops CUDA0 against CPU for --ops OP,OP (default IM2COL; --ops-params
+# REGEX picks cases) from the same build directory (ops.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -45,6 +45,7 @@ deadline=570
 tiny=0
 models=""
 ops="IM2COL"
+ops_params=""
 profile_types=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -57,6 +58,7 @@ while [ $# -gt 0 ]; do
         --models) models="$2"; shift 2 ;;
         --tiny) tiny=1; shift ;;
         --ops) ops="$2"; shift 2 ;;
+        --ops-params) ops_params="$2"; shift 2 ;;
         --profile-types) profile_types="$2"; shift 2 ;;
         *) echo "gpu-bench: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -181,10 +183,10 @@ if has ops && [ "$device" = cuda ]; then  # not in the default phases: test-back
     if cmake -S . -B "$build_dir" -DBONSAI_SD_BUILD_TESTS=ON > "$OUT/ops-build.log" 2>&1 &&
             cmake --build "$build_dir" --target test-backend-ops -j "$(nproc)" >> "$OUT/ops-build.log" 2>&1; then
         tbo=$(find "$build_dir" -name test-backend-ops -type f -perm -u+x | head -1)
-        for op in ${ops//,/ }; do
-            "$tbo" -b CUDA0 -o "$op" > "$OUT/ops-$op.log" 2>&1 || say "test-backend-ops $op: FAILED"
-            grep -E "tests passed|Backend CUDA0: " "$OUT/ops-$op.log" | tail -2
-        done
+        rm -f "$OUT/ops-build.log"
+        "$tbo" test -b CUDA0 -o "$ops" ${ops_params:+-p "$ops_params"} > "$OUT/ops.log" 2>&1 ||
+            say "test-backend-ops: FAILED"
+        grep -E "tests passed|Backend CUDA0: " "$OUT/ops.log" | tail -2
     else
         tail -20 "$OUT/ops-build.log"; say "test-backend-ops: build failed"
     fi
