@@ -7,9 +7,6 @@
 #include "lowbit-cuda.h"
 #include "lowbit.h"
 
-#include <algorithm>
-#include <cstdlib>
-
 static bool is_lowbit(const ggml_tensor * t) {
     return t != nullptr && bonsai_lowbit_is_type(t->type);
 }
@@ -61,64 +58,12 @@ int bonsai_ggml_cuda_supports_op(const ggml_tensor * op, int cc, bool src0_split
     }
 }
 
-// Weight rows decoded per cuBLAS call: 32 MiB of f16 (about 5,000 rows of a 3072-wide weight),
-// enough for cuBLAS's full rate and small next to the lean mode's 3 GB.
-static constexpr size_t DECODED_CHUNK_BYTES = 32u << 20;
-
-// Whether a product goes to cuBLAS on exactly decoded f16 weights instead of the low-bit GEMM:
-// on Hopper and later, where cuBLAS's f16 GEMM (about 600 TFLOPS at the DiT shapes) beats ours
-// (0.58-0.93x of it, BENCHMARKS.md) by more than the decoding costs. Mat-vec stays ours (it reads
-// the packed weights once), and so do batched weights and strided tensors.
-// BONSAI_SD_CUDA_LOWBIT_GEMM=1 keeps the low-bit GEMM (before/after measurements).
-static bool use_decoded_cublas(const ggml_backend_cuda_context & ctx, const ggml_tensor * src0,
-                               const ggml_tensor * src1, const ggml_tensor * dst) {
-    static const bool keep_lowbit_gemm = std::getenv("BONSAI_SD_CUDA_LOWBIT_GEMM") != nullptr;
-    const int cc = ggml_cuda_info().devices[ctx.device].cc;
-    const int64_t columns = src1->ne[1] * src1->ne[2] * src1->ne[3];
-    return !keep_lowbit_gemm && GGML_CUDA_CC_IS_NVIDIA(cc) && cc >= 900 && columns > 8 && src0->ne[2] == 1 &&
-           src0->ne[3] == 1 && ggml_is_contiguous(src0) && ggml_is_contiguous(src1) && ggml_is_contiguous(dst);
-}
-
-// dst = src0 . src1 with src0's rows decoded to f16 a chunk at a time (the decoding is exact: the
-// low-bit values are small integers times an f16 scale), src1 rounded to f16, f32 accumulation.
-static void mul_mat_decoded_cublas(ggml_backend_cuda_context & ctx, const ggml_tensor * src0,
-                                   const ggml_tensor * src1, ggml_tensor * dst) {
-    cudaStream_t stream = ctx.stream();
-    const int64_t K = src0->ne[0];
-    const int64_t M = src0->ne[1];
-    const int64_t N = src1->ne[1] * src1->ne[2] * src1->ne[3];
-
-    ggml_cuda_pool_alloc<half> x16(ctx.pool(), N * K);
-    ggml_get_to_fp16_cuda(GGML_TYPE_F32)(src1->data, x16.get(), N * K, stream);
-
-    const int64_t chunk_rows = std::min<int64_t>(M, std::max<int64_t>(128, DECODED_CHUNK_BYTES / (2 * K) / 128 * 128));
-    ggml_cuda_pool_alloc<half> w16(ctx.pool(), chunk_rows * K);
-    const to_fp16_cuda_t decode = bonsai_ggml_get_to_fp16_cuda(src0->type);
-
-    cublasHandle_t handle = ctx.cublas_handle();
-    CUBLAS_CHECK(cublasSetStream(handle, stream));
-    const float alpha = 1.0f;
-    const float beta = 0.0f;
-    for (int64_t m0 = 0; m0 < M; m0 += chunk_rows) {
-        const int64_t rows = std::min(chunk_rows, M - m0);
-        decode((const char *) src0->data + m0 * src0->nb[1], w16.get(), rows * K, stream);
-        // Column-major view: dst (M x N, leading dimension M) rows m0.. = W_chunk^T (rows x K) . X (K x N).
-        CUBLAS_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int) rows, (int) N, (int) K, &alpha, w16.get(),
-                                  CUDA_R_16F, (int) K, x16.get(), CUDA_R_16F, (int) K, &beta, (float *) dst->data + m0,
-                                  CUDA_R_32F, (int) M, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    }
-}
-
 bool bonsai_ggml_cuda_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1,
                               ggml_tensor * dst) {
     if (!is_lowbit(src0)) {
         return false;
     }
     GGML_ASSERT(src1->type == GGML_TYPE_F32 && dst->type == GGML_TYPE_F32);
-    if (use_decoded_cublas(ctx, src0, src1, dst)) {
-        mul_mat_decoded_cublas(ctx, src0, src1, dst);
-        return true;
-    }
     bonsai_cuda_matmul_args a = {};
     a.type  = src0->type;
     a.w     = src0->data;
