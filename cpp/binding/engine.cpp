@@ -14,9 +14,11 @@
 
 #include "engine.h"
 
+#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -37,6 +39,7 @@
 #include <unistd.h>
 #endif
 
+#include "generation-taps.h"
 #include "ggml-backend.h"
 #include "stable-diffusion.h"
 
@@ -404,6 +407,76 @@ std::vector<ImageData> take_images(sd_image_t* images, int count) {
     return out;
 }
 
+// ---- tensors for the testing/expert entry points (generation-taps.h) -------------------------
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// `obj` as a C-contiguous float32 array (converted when it is not one) with `dims` dimensions
+// (a leading batch dimension of 1 is dropped), or a ValueError naming `what`.
+FloatArray float_array(const py::handle& obj, const char* what, int dims, const char* layout) {
+    FloatArray a = FloatArray::ensure(obj);
+    if (!a) {
+        throw py::value_error(std::string(what) + ": expected a float array " + layout);
+    }
+    if (a.ndim() == dims + 1 && a.shape(0) == 1) {
+        std::vector<py::ssize_t> shape(a.shape() + 1, a.shape() + a.ndim());
+        a = FloatArray::ensure(a.reshape(shape));
+    }
+    if (a.ndim() != dims) {
+        throw py::value_error(std::string(what) + ": expected " + std::to_string(dims) + " dimensions " + layout +
+                              ", got " + std::to_string(a.ndim()));
+    }
+    for (int i = 0; i < dims; i++) {
+        if (a.shape(i) < 1) {
+            throw py::value_error(std::string(what) + ": empty dimension " + std::to_string(i));
+        }
+    }
+    return a;
+}
+
+// A view in ggml order (the last numpy dimension varies fastest) of an array float_array() made.
+bonsai_tensor_view_t tensor_view(const FloatArray& a) {
+    bonsai_tensor_view_t v{a.data(), {1, 1, 1, 1}};
+    for (py::ssize_t i = 0; i < a.ndim(); i++) {
+        v.ne[i] = static_cast<int64_t>(a.shape(a.ndim() - 1 - i));
+    }
+    return v;
+}
+
+// Owns a tensor the engine returned (malloc'd).
+struct EngineTensor {
+    bonsai_tensor_t t{nullptr, {0, 0, 0, 0}};
+    EngineTensor() = default;
+    EngineTensor(const EngineTensor&) = delete;
+    EngineTensor& operator=(const EngineTensor&) = delete;
+    ~EngineTensor() { free(t.data); }
+};
+
+// A numpy copy of a width x height x channels engine tensor, shaped [channels, height, width].
+py::array_t<float> chw_array(const float* data, const int64_t* ne) {
+    py::array_t<float> out({static_cast<py::ssize_t>(ne[2]), static_cast<py::ssize_t>(ne[1]),
+                            static_cast<py::ssize_t>(ne[0])});
+    std::memcpy(out.mutable_data(), data, static_cast<size_t>(ne[0] * ne[1] * ne[2]) * sizeof(float));
+    return out;
+}
+
+// What a tapped generation reports, collected on the engine thread.
+struct GenerationTrace {
+    std::vector<float> sigmas;
+    std::vector<std::vector<float>> latents;
+    std::vector<std::array<int64_t, 3>> latent_shapes;  // width, height, channels
+
+    static void on_sigmas(const float* sigmas, size_t count, void* user) {
+        static_cast<GenerationTrace*>(user)->sigmas.assign(sigmas, sigmas + count);
+    }
+    static void on_latent(bonsai_tensor_view_t latent, void* user) {
+        auto* self        = static_cast<GenerationTrace*>(user);
+        const size_t size = static_cast<size_t>(latent.ne[0] * latent.ne[1] * latent.ne[2] * latent.ne[3]);
+        self->latents.emplace_back(latent.data, latent.data + size);
+        self->latent_shapes.push_back({latent.ne[0], latent.ne[1], latent.ne[2] * latent.ne[3]});
+    }
+};
+
 template <typename NameOf>
 int enum_from_name(const std::string& name, int count, NameOf name_of, const char* what) {
     std::string known;
@@ -416,6 +489,42 @@ int enum_from_name(const std::string& name, int count, NameOf name_of, const cha
     throw py::value_error("unknown " + std::string(what) + " '" + name + "' (known: " + known + ")");
 }
 
+// Generation parameters with the size and the sampling plan set (the rest at sd.cpp's defaults).
+// `custom_sigmas` must outlive them.
+sd_img_gen_params_t sampling_params(int width, int height, int steps, const std::string& sample_method,
+                                    const std::string& scheduler, std::vector<float>& custom_sigmas) {
+    if (width < 16 || height < 16 || width > kMaxImageSide || height > kMaxImageSide || width % 16 || height % 16) {
+        throw py::value_error("width and height must be multiples of 16 in [16, " + std::to_string(kMaxImageSide) +
+                              "], got " + std::to_string(width) + "x" + std::to_string(height));
+    }
+    if (steps < 1 && custom_sigmas.empty()) {
+        throw py::value_error("steps must be >= 1, got " + std::to_string(steps));
+    }
+    if (!custom_sigmas.empty() && custom_sigmas.size() < 2) {
+        throw py::value_error("sigmas needs at least two values (one step)");
+    }
+    sd_img_gen_params_t p;
+    sd_img_gen_params_init(&p);
+    p.width                      = width;
+    p.height                     = height;
+    p.sample_params.sample_steps = custom_sigmas.empty() ? steps : static_cast<int>(custom_sigmas.size()) - 1;
+    if (!sample_method.empty()) {
+        p.sample_params.sample_method = static_cast<sample_method_t>(enum_from_name(
+            sample_method, SAMPLE_METHOD_COUNT,
+            [](int i) { return sd_sample_method_name(static_cast<sample_method_t>(i)); }, "sampler"));
+    }
+    if (!scheduler.empty()) {
+        p.sample_params.scheduler = static_cast<scheduler_t>(enum_from_name(
+            scheduler, SCHEDULER_COUNT, [](int i) { return sd_scheduler_name(static_cast<scheduler_t>(i)); },
+            "scheduler"));
+    }
+    if (!custom_sigmas.empty()) {
+        p.sample_params.custom_sigmas       = custom_sigmas.data();
+        p.sample_params.custom_sigmas_count = static_cast<int>(custom_sigmas.size());
+    }
+    return p;
+}
+
 // Owns an sd_ctx_t: loads a model once, generates many images.
 class Context {
 public:
@@ -423,7 +532,7 @@ public:
             const std::string& model, const std::string& device, int n_threads, const std::string& weight_type,
             bool offload_params_to_cpu, bool keep_clip_on_cpu, bool keep_vae_on_cpu, bool flash_attn,
             bool diffusion_flash_attn, bool vae_decode_only, bool free_params_immediately, bool enable_mmap,
-            const py::object& on_progress) {
+            float max_vram, const py::object& on_progress) {
         sd_ctx_params_t p;
         sd_ctx_params_init(&p);
         p.diffusion_model_path    = diffusion_model.c_str();
@@ -449,6 +558,10 @@ public:
         p.flash_attn            = flash_attn;
         p.diffusion_flash_attn  = diffusion_flash_attn;
         p.enable_mmap           = enable_mmap;
+        if (!(max_vram >= 0.0f)) {
+            throw py::value_error("max_vram must be >= 0 GiB (0: no limit), got " + std::to_string(max_vram));
+        }
+        p.max_vram = max_vram;  // GiB per model graph on the device; needs offload_params_to_cpu
 
         Job job;
         auto interrupt = run_job(job, on_progress, [&] { ctx_.store(new_sd_ctx(&p)); });
@@ -503,48 +616,18 @@ public:
                       int steps, int64_t seed, float cfg_scale, const std::string& sample_method,
                       const std::string& scheduler, const std::vector<float>& sigmas, const py::list& ref_images,
                       bool auto_resize_ref_images, bool increase_ref_index, bool vae_tiling, int vae_tile_size,
-                      float vae_tile_overlap, int batch_count, const py::object& on_progress) {
-        if (width < 16 || height < 16 || width > kMaxImageSide || height > kMaxImageSide || width % 16 ||
-            height % 16) {
-            throw py::value_error("width and height must be multiples of 16 in [16, " +
-                                  std::to_string(kMaxImageSide) + "], got " + std::to_string(width) + "x" +
-                                  std::to_string(height));
-        }
-        if (steps < 1 && sigmas.empty()) {
-            throw py::value_error("steps must be >= 1, got " + std::to_string(steps));
-        }
+                      float vae_tile_overlap, int batch_count, const py::object& on_progress,
+                      const py::object& noise, const py::object& prompt_embeds, const py::object& trace) {
         if (batch_count < 1) {
             throw py::value_error("batch_count must be >= 1, got " + std::to_string(batch_count));
         }
-        if (!sigmas.empty() && sigmas.size() < 2) {
-            throw py::value_error("sigmas needs at least two values (one step)");
-        }
-
-        sd_img_gen_params_t p;
-        sd_img_gen_params_init(&p);
-        p.prompt          = prompt.c_str();
-        p.negative_prompt = negative_prompt.c_str();
-        p.width           = width;
-        p.height          = height;
-        p.seed            = seed;
-        p.batch_count     = batch_count;
-        p.sample_params.sample_steps     = sigmas.empty() ? steps : static_cast<int>(sigmas.size()) - 1;
-        p.sample_params.guidance.txt_cfg = cfg_scale;
-        if (!sample_method.empty()) {
-            p.sample_params.sample_method = static_cast<sample_method_t>(enum_from_name(
-                sample_method, SAMPLE_METHOD_COUNT,
-                [](int i) { return sd_sample_method_name(static_cast<sample_method_t>(i)); }, "sampler"));
-        }
-        if (!scheduler.empty()) {
-            p.sample_params.scheduler = static_cast<scheduler_t>(enum_from_name(
-                scheduler, SCHEDULER_COUNT, [](int i) { return sd_scheduler_name(static_cast<scheduler_t>(i)); },
-                "scheduler"));
-        }
         std::vector<float> custom_sigmas = sigmas;  // sd.cpp takes a non-const pointer
-        if (!custom_sigmas.empty()) {
-            p.sample_params.custom_sigmas       = custom_sigmas.data();
-            p.sample_params.custom_sigmas_count = static_cast<int>(custom_sigmas.size());
-        }
+        sd_img_gen_params_t p = sampling_params(width, height, steps, sample_method, scheduler, custom_sigmas);
+        p.prompt                         = prompt.c_str();
+        p.negative_prompt                = negative_prompt.c_str();
+        p.seed                           = seed;
+        p.batch_count                    = batch_count;
+        p.sample_params.guidance.txt_cfg = cfg_scale;
 
         std::vector<ImageData> refs;
         for (size_t i = 0; i < ref_images.size(); i++) {
@@ -563,6 +646,31 @@ public:
         p.vae_tiling_params.tile_size_x    = vae_tile_size;
         p.vae_tiling_params.tile_size_y    = vae_tile_size;
         p.vae_tiling_params.target_overlap = vae_tile_overlap;
+
+        // Testing/expert taps: given noise and prompt embeddings, observed sigmas and latents.
+        if (!trace.is_none() && !py::isinstance<py::dict>(trace)) {
+            throw py::type_error("trace must be a dict or None");
+        }
+        FloatArray noise_array, embeds_array;
+        bonsai_generation_taps_t taps{};
+        GenerationTrace observed;
+        if (!noise.is_none()) {
+            if (batch_count != 1) {
+                throw py::value_error("noise needs batch_count 1");
+            }
+            noise_array = float_array(noise, "noise", 3, "[channels, height / 16, width / 16]");
+            taps.noise  = tensor_view(noise_array);
+        }
+        if (!prompt_embeds.is_none()) {
+            embeds_array       = float_array(prompt_embeds, "prompt_embeds", 2, "[tokens, dim]");
+            taps.prompt_embeds = tensor_view(embeds_array);
+        }
+        if (!trace.is_none()) {
+            taps.on_sigmas = GenerationTrace::on_sigmas;
+            taps.on_latent = GenerationTrace::on_latent;
+            taps.user      = &observed;
+        }
+        const bool tapped = taps.noise.data != nullptr || taps.prompt_embeds.data != nullptr || !trace.is_none();
 
         auto job = std::make_shared<Job>();
         {
@@ -585,7 +693,8 @@ public:
                 was_closed = true;
                 return;
             }
-            images = take_images(generate_image(ctx, &p), batch_count);
+            images = take_images(tapped ? bonsai_generate_image_tapped(ctx, &p, &taps) : generate_image(ctx, &p),
+                                 batch_count);
         });
         if (interrupt) {
             throw std::move(*interrupt);
@@ -599,6 +708,14 @@ public:
         if (images.empty()) {
             throw EngineError(with_engine_errors("image generation failed", *job));
         }
+        if (!trace.is_none()) {
+            py::list latents;
+            for (size_t i = 0; i < observed.latents.size(); i++) {
+                latents.append(chw_array(observed.latents[i].data(), observed.latent_shapes[i].data()));
+            }
+            trace["sigmas"]  = observed.sigmas;
+            trace["latents"] = latents;
+        }
         py::list out;
         for (const ImageData& img : images) {
             out.append(py::make_tuple(img.width, img.height, img.channels,
@@ -607,7 +724,70 @@ public:
         return out;
     }
 
+    // Testing/expert: the noise levels a generation with these parameters samples at (ending at 0).
+    std::vector<float> sample_sigmas(int width, int height, int steps, const std::string& sample_method,
+                                     const std::string& scheduler, const std::vector<float>& sigmas) {
+        std::vector<float> custom_sigmas = sigmas;
+        const sd_img_gen_params_t p =
+            sampling_params(width, height, steps, sample_method, scheduler, custom_sigmas);
+        EngineTensor planned;
+        run_engine_call("planning the sampling failed",
+                        [&](sd_ctx_t* ctx) { return bonsai_sample_sigmas(ctx, &p, &planned.t); });
+        return std::vector<float>(planned.t.data, planned.t.data + planned.t.ne[0]);
+    }
+
+    // Testing/expert: the diffusion model's prediction for latent x [channels, h, w] at noise level
+    // sigma, conditioned on prompt_embeds [tokens, dim].
+    py::array_t<float> diffusion_forward(const py::object& x, float sigma, const py::object& prompt_embeds) {
+        FloatArray x_array      = float_array(x, "x", 3, "[channels, height, width]");
+        FloatArray embeds_array = float_array(prompt_embeds, "prompt_embeds", 2, "[tokens, dim]");
+        if (!(sigma >= 0.0f && sigma <= 1.0f)) {
+            throw py::value_error("sigma must be in [0, 1], got " + std::to_string(sigma));
+        }
+        const bonsai_tensor_view_t x_view = tensor_view(x_array), embeds_view = tensor_view(embeds_array);
+        EngineTensor out;
+        run_engine_call("the diffusion model forward failed", [&](sd_ctx_t* ctx) {
+            return bonsai_diffusion_forward(ctx, x_view, sigma, embeds_view, &out.t);
+        });
+        return chw_array(out.t.data, out.t.ne);
+    }
+
+    // Testing/expert: the VAE decoder on a diffusion-space latent [channels, h, w] (as a trace
+    // reports it): an image [3, height, width] with values in [0, 1], not yet 8-bit.
+    py::array_t<float> decode_latent(const py::object& latent) {
+        FloatArray latent_array         = float_array(latent, "latent", 3, "[channels, height, width]");
+        const bonsai_tensor_view_t view = tensor_view(latent_array);
+        EngineTensor image;
+        run_engine_call("decoding the latent failed",
+                        [&](sd_ctx_t* ctx) { return bonsai_decode_latent(ctx, view, &image.t); });
+        return chw_array(image.t.data, image.t.ne);
+    }
+
 private:
+    // Runs `call(ctx)` as an engine job; raises EngineError (with the engine's errors) when it
+    // returns false, ValueError when the model was closed.
+    void run_engine_call(const char* failure, const std::function<bool(sd_ctx_t*)>& call) {
+        Job job;
+        bool ok = false, was_closed = false;
+        auto interrupt = run_job(job, py::none(), [&] {
+            sd_ctx_t* ctx = ctx_.load();
+            if (ctx == nullptr) {
+                was_closed = true;
+                return;
+            }
+            ok = call(ctx);
+        });
+        if (interrupt) {
+            throw std::move(*interrupt);
+        }
+        if (was_closed) {
+            throw py::value_error("the model was closed; load it again");
+        }
+        if (!ok) {
+            throw EngineError(with_engine_errors(failure, job));
+        }
+    }
+
     std::atomic<sd_ctx_t*> ctx_{nullptr};  // changed only by jobs (on the engine thread)
     std::mutex current_mutex_;
     std::shared_ptr<Job> current_;  // the generation in progress, for cancel()
@@ -669,14 +849,14 @@ void register_engine(py::module_& m) {
     py::class_<Context>(m, "Context")
         .def(py::init<const std::string&, const std::string&, const std::string&, const std::string&,
                       const std::string&, int, const std::string&, bool, bool, bool, bool, bool, bool, bool, bool,
-                      const py::object&>(),
+                      float, const py::object&>(),
              py::kw_only(), py::arg("diffusion_model") = "", py::arg("llm") = "", py::arg("vae") = "",
              py::arg("model") = "", py::arg("device") = "", py::arg("n_threads") = 0, py::arg("weight_type") = "",
              py::arg("offload_params_to_cpu") = false, py::arg("keep_clip_on_cpu") = false,
              py::arg("keep_vae_on_cpu") = false, py::arg("flash_attn") = false,
              py::arg("diffusion_flash_attn") = false, py::arg("vae_decode_only") = true,
              py::arg("free_params_immediately") = false, py::arg("enable_mmap") = false,
-             py::arg("progress") = py::none(),
+             py::arg("max_vram") = 0.0f, py::arg("progress") = py::none(),
              "Load a model (the engine call runs without the GIL; progress(step, steps, seconds) reports tensors).")
         .def("generate", &Context::generate, py::kw_only(), py::arg("prompt"), py::arg("negative_prompt") = "",
              py::arg("width") = 512, py::arg("height") = 512, py::arg("steps") = 4, py::arg("seed") = 0,
@@ -684,8 +864,26 @@ void register_engine(py::module_& m) {
              py::arg("sigmas") = std::vector<float>(), py::arg("ref_images") = py::list(),
              py::arg("auto_resize_ref_images") = true, py::arg("increase_ref_index") = false,
              py::arg("vae_tiling") = false, py::arg("vae_tile_size") = 0, py::arg("vae_tile_overlap") = 0.5f,
-             py::arg("batch_count") = 1, py::arg("progress") = py::none(),
-             "Generate images: a list of (width, height, channels, pixel bytes).")
+             py::arg("batch_count") = 1, py::arg("progress") = py::none(), py::arg("noise") = py::none(),
+             py::arg("prompt_embeds") = py::none(), py::arg("trace") = py::none(),
+             "Generate images: a list of (width, height, channels, pixel bytes).\n\n"
+             "Testing/expert (FLUX.2): noise, a float array [128, height/16, width/16], replaces the seeded "
+             "initial noise; prompt_embeds [tokens, dim] replaces the encoded prompt; a dict given as trace "
+             "receives 'sigmas' (the noise levels sampled at) and 'latents' (each final latent "
+             "[128, height/16, width/16], before decoding).")
+        .def("sample_sigmas", &Context::sample_sigmas, py::kw_only(), py::arg("width") = 512,
+             py::arg("height") = 512, py::arg("steps") = 4, py::arg("sample_method") = "", py::arg("scheduler") = "",
+             py::arg("sigmas") = std::vector<float>(),
+             "Testing/expert: the noise levels (ending at 0) a generation with these parameters samples at, "
+             "planned as generate() plans them, without generating.")
+        .def("diffusion_forward", &Context::diffusion_forward, py::kw_only(), py::arg("x"), py::arg("sigma"),
+             py::arg("prompt_embeds"),
+             "Testing/expert (FLUX.2): the diffusion model alone. x [128, h, w] is a latent as the model sees it, "
+             "sigma the noise level in [0, 1], prompt_embeds [tokens, dim]; returns the prediction [128, h, w] "
+             "(the flow velocity), as one sampling step computes it.")
+        .def("decode_latent", &Context::decode_latent, py::kw_only(), py::arg("latent"),
+             "Testing/expert (FLUX.2): the VAE decoder alone on a latent [128, h, w] as the diffusion model sees it "
+             "(normalized, patchified; as generate's trace reports it); returns an image [3, 16h, 16w] in [0, 1].")
         .def("cancel", &Context::cancel, "Cancel the running generation (it raises Cancelled). Thread-safe.")
         .def("close", &Context::close, "Free the model now.")
         .def_property_readonly("closed", &Context::closed);

@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from .bench import add_bench_parser
 from .generate_cli import add_generate_parser
 
 
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_cmd_convert)
 
     add_generate_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

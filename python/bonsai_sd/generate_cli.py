@@ -55,6 +55,9 @@ def add_generate_parser(sub: Any) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or metal (default: the first GPU, else the CPU)")
     p.add_argument("-t", "--threads", type=int, help="CPU threads (default: the physical cores)")
     p.add_argument("--offload-to-cpu", action="store_true", help="keep weights in RAM, move each model in to run it")
+    p.add_argument("--max-vram", type=float, metavar="GiB",
+                   help="with --offload-to-cpu: run a model in parts so that its graph needs at most this much "
+                        "device memory")
     p.add_argument("--text-encoder-on-cpu", action="store_true", help="run the text encoder on the CPU")
     p.add_argument("--vae-on-cpu", action="store_true", help="run the VAE on the CPU")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, small devices)")
@@ -121,6 +124,7 @@ def run_generate(args: argparse.Namespace) -> int:
     bars = None if args.quiet else _Bars()
     options: dict[str, Any] = {
         "device": args.device, "threads": args.threads, "offload_to_cpu": args.offload_to_cpu,
+        "max_vram": args.max_vram,
         "text_encoder_on_cpu": args.text_encoder_on_cpu, "vae_on_cpu": args.vae_on_cpu,
         "flash_attention": args.flash_attention, "free_text_encoder": args.free_text_encoder, "progress": bars,
     }

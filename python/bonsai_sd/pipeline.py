@@ -7,7 +7,9 @@ tokens). The pinned sd.cpp computes that same mu for every FLUX.2 model, but its
 ("discrete") scheduler spaces the timesteps as ``linspace(1, 0.001, N)``; its "simple" scheduler
 spaces them as ``1 - floor(1000 i / N) / 1000``, which is diffusers' spacing whenever N divides
 1000 (N = 1, 2, 4, 5, 8, 10, 20, ...; within 0.001 otherwise). So the default scheduler here is
-"simple" (tests compare it with the exact schedule passed as custom sigmas).
+"simple" (tests compare it with the exact schedule passed as custom sigmas, and
+tests/test_fidelity.py finds its 4-step sigmas at 512 and 1024 pixels within one float32 ulp of
+diffusers' Flux2KleinPipeline's).
 """
 
 from __future__ import annotations
@@ -172,6 +174,9 @@ class Pipeline:
     text_encoder_on_cpu, vae_on_cpu: run those models on the CPU (with a GPU device).
     flash_attention: flash attention in every model.
     weight_type: convert the weights to this ggml type at load (e.g. "q8_0"); default: as stored.
+    max_vram: with offload_to_cpu, the most GiB of device memory one model's graph may use: a
+        model whose weights and buffers need more runs in segments, each segment's weights moved
+        in as it runs (slower; lowest device memory). None: no limit.
     free_text_encoder: free the text encoder's weights right after it has encoded the prompt
         (and, the pinned engine's only way to do that, the transformer's after sampling and the
         VAE's after decoding); the next generation then loads the model again. Lowest peak
@@ -182,10 +187,15 @@ class Pipeline:
     def __init__(self, transformer: str | Path, *, text_encoder: str | Path, vae: str | Path,
                  device: str | None = None, threads: int | None = None, offload_to_cpu: bool = False,
                  text_encoder_on_cpu: bool = False, vae_on_cpu: bool = False, flash_attention: bool = False,
-                 weight_type: str | None = None, free_text_encoder: bool = False,
+                 weight_type: str | None = None, max_vram: float | None = None, free_text_encoder: bool = False,
                  progress: ProgressCallback | None = None) -> None:
         known_types = {row["id"]: row["name"] for row in _core.type_table()}
         self.files: ModelFiles = check_model_files(transformer, text_encoder, vae, known_types)
+        if max_vram is not None and (isinstance(max_vram, bool) or not isinstance(max_vram, (int, float))
+                                     or not math.isfinite(max_vram) or max_vram <= 0):
+            raise ValueError(f"max_vram must be a positive number of GiB, got {max_vram!r}")
+        if max_vram is not None and not offload_to_cpu:
+            raise ValueError("max_vram needs offload_to_cpu=True (the weights must live in RAM to be moved in by parts)")
         if weight_type is not None and weight_type not in known_types.values():
             raise ValueError(f"unknown weight type {weight_type!r} (known: {', '.join(sorted(known_types.values()))})")
         self._options: dict[str, Any] = {
@@ -200,6 +210,7 @@ class Pipeline:
             # The encoder is loaded when the file has one: reference images need it.
             "vae_decode_only": not self.files.vae_has_encoder,
             "free_params_immediately": free_text_encoder,
+            "max_vram": 0.0 if max_vram is None else float(max_vram),
         }
         self.free_text_encoder = free_text_encoder
         self._lock = threading.Lock()  # one generation per pipeline at a time (the engine runs one per process)

@@ -1,0 +1,985 @@
+// Checks and times the CUDA kernels of cpp/cuda against the scalar codec of cpp/lowbit.
+//
+//   lowbit_cuda_check [--json FILE] [--no-perf]
+//
+// Correctness (exit status 1 on any failure):
+//   - dequantize to f32/f16/bf16, get_rows, f32 -> type and type -> f32 copies: bit-exact
+//     against lowbit-codec.c (the reference quantizers and dequantizers);
+//   - the activation pre-pass: bit-exact against a scalar re-implementation here;
+//   - the GEMM on the pre-pass's own int8 activations: against a float64 sum of the same
+//     integers and scales (only fp32 accumulation order differs: 1e-5 of the output's rms);
+//   - MUL_MAT through the public entry point (mat-vec for N <= 8, GEMM above), batched and
+//     strided: against float64 products of the dequantized weights and the f32 activations
+//     (mat-vec 1e-5; GEMM 3e-2, the int8 activation rounding, measured and printed).
+// Accuracy: relative error of the int8 (per 128) path on the DiT shapes, beside the same
+// error for per-32 activations (ggml's q8_1) and for bf16 operands, on sampled outputs.
+// Performance (unless --no-perf): the DiT GEMM shapes for the four types against cuBLAS
+// bf16/f16 (and int8 for the tensor-core ceiling), and N = 1 mat-vec against cuBLAS f16.
+
+#include "lowbit.h"
+#include "lowbit-cuda.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#ifdef BONSAI_HAVE_CUBLAS
+#    include <cublas_v2.h>
+#endif
+
+static int g_failures = 0;
+
+// --quick: the DiT sweep covers two shapes only.
+static bool g_quick = false;
+
+// f16 GEMM configurations to check and time (--f16-configs); all by default.
+static bool g_f16_config[BONSAI_CUDA_F16_CONFIGS + 1] = {false};
+static bool f16_config_on(int c) {
+    return c >= 1 && c <= BONSAI_CUDA_F16_CONFIGS && g_f16_config[c];
+}
+
+#define CHECK(cond, ...)                                          \
+    do {                                                          \
+        if (!(cond)) {                                            \
+            g_failures++;                                         \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
+            fprintf(stderr, __VA_ARGS__);                         \
+            fprintf(stderr, "\n");                                \
+        }                                                         \
+    } while (0)
+
+#define CUDA_OK(call)                                                                                 \
+    do {                                                                                              \
+        const cudaError_t err_ = (call);                                                              \
+        if (err_ != cudaSuccess) {                                                                    \
+            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(err_), __FILE__, __LINE__, #call); \
+            exit(2);                                                                                  \
+        }                                                                                             \
+    } while (0)
+
+// ---- random numbers (splitmix64) ----------------------------------------------------------------
+
+struct Rng {
+    uint64_t state;
+    explicit Rng(uint64_t seed) : state(seed) {}
+    uint64_t next() {
+        uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+    }
+    double uniform() { return (next() >> 11) * 0x1p-53; }
+    float normal() {
+        const double u = uniform() + 1e-300, v = uniform();
+        return (float) (std::sqrt(-2.0 * std::log(u)) * std::cos(2.0 * M_PI * v));
+    }
+};
+
+// ---- types ----------------------------------------------------------------------------------------
+
+struct TypeInfo {
+    int          id;
+    const char * name;
+    int          qk, bytes;
+};
+static const TypeInfo TYPES[] = {
+    {BONSAI_TYPE_Q1_0, "q1_0", QK1_0, sizeof(block_q1_0)},
+    {BONSAI_TYPE_Q2_0, "q2_0", QK2_0, sizeof(block_q2_0)},
+    {BONSAI_TYPE_PQ2_0, "pq2_0", QKPQ2_0, sizeof(block_pq2_0)},
+    {BONSAI_TYPE_PTQ1_0, "ptq1_0", QKPTQ1_0, sizeof(block_ptq1_0)},
+};
+
+static size_t row_bytes(const TypeInfo & t, int64_t K) {
+    return (size_t) (K / t.qk) * t.bytes;
+}
+
+static void cpu_dequantize_row(const TypeInfo & t, const void * x, float * y, int64_t k) {
+    switch (t.id) {
+        case BONSAI_TYPE_Q1_0:   bonsai_dequantize_row_q1_0((const block_q1_0 *) x, y, k); break;
+        case BONSAI_TYPE_Q2_0:   bonsai_dequantize_row_q2_0((const block_q2_0 *) x, y, k); break;
+        case BONSAI_TYPE_PQ2_0:  bonsai_dequantize_row_pq2_0((const block_pq2_0 *) x, y, k); break;
+        case BONSAI_TYPE_PTQ1_0: bonsai_dequantize_row_ptq1_0((const block_ptq1_0 *) x, y, k); break;
+    }
+}
+
+static void cpu_quantize_row(const TypeInfo & t, const float * x, void * y, int64_t k) {
+    switch (t.id) {
+        case BONSAI_TYPE_Q1_0:   bonsai_quantize_row_q1_0_ref(x, (block_q1_0 *) y, k); break;
+        case BONSAI_TYPE_Q2_0:   bonsai_quantize_row_q2_0_ref(x, (block_q2_0 *) y, k); break;
+        case BONSAI_TYPE_PQ2_0:  bonsai_quantize_row_pq2_0_ref(x, (block_pq2_0 *) y, k); break;
+        case BONSAI_TYPE_PTQ1_0: bonsai_quantize_row_ptq1_0_ref(x, (block_ptq1_0 *) y, k); break;
+    }
+}
+
+// Random weights as Bonsai's are: per block a positive or negative fp16 scale and random codes
+// (every code the layout has, 0..3 for the 2-bit types; trits for PTQ1_0, made by quantizing
+// exact ternary values with the reference quantizer).
+static std::vector<uint8_t> random_weights(const TypeInfo & t, int64_t M, int64_t K, Rng & rng) {
+    std::vector<uint8_t> w(row_bytes(t, K) * M);
+    const int64_t blocks = M * (K / t.qk);
+    if (t.id == BONSAI_TYPE_PTQ1_0) {
+        std::vector<float> values(t.qk);
+        for (int64_t b = 0; b < blocks; b++) {
+            const float s = bonsai_half_to_float(bonsai_float_to_half((float) (0.004 + 0.016 * rng.uniform())));
+            for (int j = 0; j < t.qk; j++) {
+                values[j] = s * (float) ((int) (rng.next() % 3) - 1);
+            }
+            values[rng.next() % t.qk] = s;  // d = max |x| = s exactly
+            cpu_quantize_row(t, values.data(), w.data() + b * t.bytes, t.qk);
+        }
+        return w;
+    }
+    for (auto & byte : w) {
+        byte = (uint8_t) rng.next();
+    }
+    for (int64_t b = 0; b < blocks; b++) {
+        float s = (float) (0.004 + 0.016 * rng.uniform());
+        if (rng.next() % 8 == 0) {
+            s = -s;
+        }
+        const bonsai_half d = bonsai_float_to_half(s);
+        memcpy(w.data() + b * t.bytes, &d, 2);  // d leads the block in Q1_0, Q2_0, PQ2_0
+    }
+    return w;
+}
+
+// Activations like a DiT's: unit normal, with a few channels 8x larger (outliers).
+static std::vector<float> random_activations(int64_t N, int64_t K, Rng & rng) {
+    std::vector<float> x((size_t) (N * K));
+    std::vector<float> channel(K, 1.0f);
+    for (int64_t k = 0; k < K; k++) {
+        if (rng.next() % 64 == 0) {
+            channel[k] = 8.0f;
+        }
+    }
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t k = 0; k < K; k++) {
+            x[n * K + k] = rng.normal() * channel[k];
+        }
+    }
+    return x;
+}
+
+template <typename T> struct DeviceBuffer {
+    T *    ptr   = nullptr;
+    size_t count = 0;
+    explicit DeviceBuffer(size_t n) : count(n) { CUDA_OK(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T) + 64)); }
+    DeviceBuffer(const DeviceBuffer &) = delete;
+    ~DeviceBuffer() { cudaFree(ptr); }
+    void upload(const T * src, size_t n) { CUDA_OK(cudaMemcpy(ptr, src, n * sizeof(T), cudaMemcpyHostToDevice)); }
+    void upload(const std::vector<T> & v) { upload(v.data(), v.size()); }
+    std::vector<T> download(size_t n) const {
+        std::vector<T> v(n);
+        CUDA_OK(cudaMemcpy(v.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
+        return v;
+    }
+    void poison() { CUDA_OK(cudaMemset(ptr, 0xff, count * sizeof(T))); }
+};
+
+// ---- JSON output ----------------------------------------------------------------------------
+
+static std::vector<std::string> g_json;
+
+static void json_record(const std::string & fields) {
+    g_json.push_back("{" + fields + "}");
+}
+
+static std::string jstr(const char * key, const std::string & v) { return "\"" + std::string(key) + "\": \"" + v + "\""; }
+static std::string jnum(const char * key, double v) {
+    char buf[64];
+    snprintf(buf, sizeof(buf), "\"%s\": %.6g", key, v);
+    return buf;
+}
+
+// ---- correctness: codecs ----------------------------------------------------------------------
+
+static void check_dequantize(const TypeInfo & t, Rng & rng) {
+    const int64_t M = 37, K = 1024, n = M * K;
+    const auto w = random_weights(t, M, K, rng);
+    std::vector<float> ref(n);
+    for (int64_t r = 0; r < M; r++) {
+        cpu_dequantize_row(t, w.data() + r * row_bytes(t, K), ref.data() + r * K, K);
+    }
+    DeviceBuffer<uint8_t> dw(w.size());
+    dw.upload(w);
+    DeviceBuffer<float>       f32(n);
+    DeviceBuffer<half>        f16(n);
+    DeviceBuffer<nv_bfloat16> bf16(n);
+    f32.poison(); f16.poison(); bf16.poison();
+    CUDA_OK(bonsai_cuda_dequantize_f32(t.id, dw.ptr, f32.ptr, n, 0));
+    CUDA_OK(bonsai_cuda_dequantize_f16(t.id, dw.ptr, f16.ptr, n, 0));
+    CUDA_OK(bonsai_cuda_dequantize_bf16(t.id, dw.ptr, bf16.ptr, n, 0));
+    const auto g32 = f32.download(n);
+    const auto g16 = f16.download(n);
+    const auto gbf = bf16.download(n);
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const bool ok = memcmp(&g32[i], &ref[i], 4) == 0 &&
+                        __half_as_ushort(g16[i]) == __half_as_ushort(__float2half_rn(ref[i])) &&
+                        __bfloat16_as_ushort(gbf[i]) == __bfloat16_as_ushort(__float2bfloat16_rn(ref[i]));
+        bad += !ok;
+    }
+    CHECK(bad == 0, "%s dequantize: %lld of %lld elements differ from lowbit-codec.c", t.name, (long long) bad, (long long) n);
+    printf("  %-7s dequantize f32/f16/bf16 : %s\n", t.name, bad == 0 ? "exact" : "MISMATCH");
+}
+
+static void check_get_rows(const TypeInfo & t, Rng & rng) {
+    const int64_t K = 512, rows = 50, slices = 3, picks = 7;
+    const auto w = random_weights(t, rows * slices, K, rng);
+    const size_t rb = row_bytes(t, K);
+    std::vector<int32_t> ids(picks * slices);
+    for (auto & id : ids) {
+        id = (int32_t) (rng.next() % rows);
+    }
+    DeviceBuffer<uint8_t> dw(w.size());
+    dw.upload(w);
+    DeviceBuffer<int32_t> did(ids.size());
+    did.upload(ids);
+    DeviceBuffer<float> out(K * picks * slices);
+    out.poison();
+    bonsai_cuda_get_rows_args a = {};
+    a.type = t.id;
+    a.src0 = dw.ptr; a.ne00 = K; a.nb01 = rb; a.nb02 = rb * rows; a.nb03 = rb * rows * slices;
+    a.ids = did.ptr; a.ne10 = picks; a.ne11 = slices; a.ne12 = 1; a.nb10 = 4; a.nb11 = 4 * picks; a.nb12 = 4 * picks * slices;
+    a.dst = out.ptr; a.nb1 = K * 4; a.nb2 = K * 4 * picks; a.nb3 = K * 4 * picks * slices;
+    CUDA_OK(bonsai_cuda_get_rows(&a, 0));
+    const auto got = out.download(K * picks * slices);
+    std::vector<float> ref(K);
+    int64_t bad = 0;
+    for (int64_t s = 0; s < slices; s++) {
+        for (int64_t p = 0; p < picks; p++) {
+            cpu_dequantize_row(t, w.data() + (s * rows + ids[s * picks + p]) * rb, ref.data(), K);
+            bad += memcmp(ref.data(), got.data() + (s * picks + p) * K, K * 4) != 0;
+        }
+    }
+    CHECK(bad == 0, "%s get_rows: %lld rows differ", t.name, (long long) bad);
+    printf("  %-7s get_rows                : %s\n", t.name, bad == 0 ? "exact" : "MISMATCH");
+}
+
+static void check_copies(const TypeInfo & t, Rng & rng) {
+    // f32 rows with a padded stride -> packed rows; and back into padded f32 rows.
+    const int64_t K = 1024, rows = 33, pad = 48;
+    std::vector<float> x((K + pad) * rows);
+    for (auto & v : x) {
+        v = (float) (2.0 * rng.uniform() - 1.0);
+    }
+    for (int j = 0; j < 128; j++) {
+        x[j] = 0.0f;                                   // an all-zero block
+        x[(K + pad) + j] = (j % 3 - 1) * 0.0625f;      // an exactly ternary block
+    }
+    const size_t rb = row_bytes(t, K);
+    std::vector<uint8_t> ref(rb * rows);
+    for (int64_t r = 0; r < rows; r++) {
+        cpu_quantize_row(t, x.data() + r * (K + pad), ref.data() + r * rb, K);
+    }
+    DeviceBuffer<float> dx(x.size());
+    dx.upload(x);
+    DeviceBuffer<uint8_t> dq(ref.size());
+    dq.poison();
+    bonsai_cuda_cpy_args q = {};
+    q.type = t.id;
+    q.src = dx.ptr; q.ne00 = K; q.ne01 = rows; q.ne02 = 1; q.ne03 = 1;
+    q.nb00 = 4; q.nb01 = (K + pad) * 4; q.nb02 = q.nb01 * rows; q.nb03 = q.nb02;
+    q.dst = dq.ptr; q.ne10 = K; q.ne11 = rows; q.ne12 = 1; q.ne13 = 1;
+    q.nb10 = t.bytes; q.nb11 = rb; q.nb12 = rb * rows; q.nb13 = q.nb12;
+    CUDA_OK(bonsai_cuda_quantize_f32(&q, 0));
+    const auto got = dq.download(ref.size());
+    int64_t bad = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        bad += got[i] != ref[i];
+    }
+    CHECK(bad == 0, "%s f32 -> type copy: %lld of %zu bytes differ from the reference quantizer", t.name, (long long) bad, ref.size());
+
+    bonsai_cuda_cpy_args d = {};
+    d.type = t.id;
+    d.src = dq.ptr; d.ne00 = K; d.ne01 = rows; d.ne02 = 1; d.ne03 = 1;
+    d.nb00 = t.bytes; d.nb01 = rb; d.nb02 = rb * rows; d.nb03 = d.nb02;
+    DeviceBuffer<float> back(x.size());
+    back.poison();
+    d.dst = back.ptr; d.ne10 = K; d.ne11 = rows; d.ne12 = 1; d.ne13 = 1;
+    d.nb10 = 4; d.nb11 = (K + pad) * 4; d.nb12 = d.nb11 * rows; d.nb13 = d.nb12;
+    CUDA_OK(bonsai_cuda_dequantize_cpy(&d, 0));
+    const auto gx = back.download(x.size());
+    std::vector<float> row(K);
+    int64_t bad_back = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        cpu_dequantize_row(t, ref.data() + r * rb, row.data(), K);
+        bad_back += memcmp(row.data(), gx.data() + r * (K + pad), K * 4) != 0;
+    }
+    CHECK(bad_back == 0, "%s type -> f32 copy: %lld rows differ", t.name, (long long) bad_back);
+    printf("  %-7s cpy f32->type, type->f32: %s\n", t.name, bad == 0 && bad_back == 0 ? "exact" : "MISMATCH");
+}
+
+// ---- correctness: activation pre-pass and GEMM ---------------------------------------------
+
+struct QuantizedActs {
+    std::vector<int8_t> q;       // [rows][chunks*128], in the GEMM's in-chunk order
+    std::vector<float4> scales;  // [chunks][rows]
+    int64_t rows, chunks;
+};
+
+// The pre-pass, written out scalar: per (token, chunk) amax, scale amax/127, codes
+// round-half-even(x * (127/amax)), placed by bonsai_cuda_act_position_element.
+static QuantizedActs cpu_quantize_act(const float * x, int64_t N, int64_t K, int64_t ldx) {
+    QuantizedActs a;
+    a.chunks = bonsai_cuda_act_chunks(K);
+    a.rows   = bonsai_cuda_act_rows(N);
+    a.q.assign(a.rows * a.chunks * 128, 0);
+    a.scales.assign(a.rows * a.chunks, make_float4(0, 0, 0, 0));
+    int element_of[128];
+    for (int p = 0; p < 128; p++) {
+        element_of[p] = bonsai_cuda_act_position_element(p);
+    }
+    const int magic = 0x4B400000;
+    for (int64_t n = 0; n < a.rows; n++) {
+        for (int64_t c = 0; c < a.chunks; c++) {
+            float v[128] = {0};
+            if (n < N) {
+                for (int j = 0; j < 128; j++) {
+                    v[j] = x[n * ldx + c * 128 + j];
+                }
+            }
+            float amax = 0.0f;
+            for (int j = 0; j < 128; j++) {
+                amax = std::max(amax, std::fabs(v[j]));
+            }
+            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+            int q[128], sum_lo = 0, sum_hi = 0;
+            for (int j = 0; j < 128; j++) {
+                q[j] = std::max(-127, std::min(127, (int) std::nearbyint(v[j] * inv)));
+                (j < 64 ? sum_lo : sum_hi) += q[j];
+            }
+            for (int p = 0; p < 128; p++) {
+                a.q[n * a.chunks * 128 + c * 128 + p] = (int8_t) q[element_of[p]];
+            }
+            float lo, hi, all;
+            const int ilo = magic - sum_lo, ihi = magic - sum_hi, iall = magic - sum_lo - sum_hi;
+            memcpy(&lo, &ilo, 4); memcpy(&hi, &ihi, 4); memcpy(&all, &iall, 4);
+            a.scales[c * a.rows + n] = make_float4(amax / 127.0f, all, lo, hi);
+        }
+    }
+    return a;
+}
+
+static QuantizedActs gpu_quantize_act(const float * dx, int64_t N, int64_t K, size_t nb1) {
+    QuantizedActs a;
+    a.chunks = bonsai_cuda_act_chunks(K);
+    a.rows   = bonsai_cuda_act_rows(N);
+    DeviceBuffer<int8_t> q(a.rows * a.chunks * 128);
+    DeviceBuffer<float4> s(a.rows * a.chunks);
+    q.poison(); s.poison();
+    CUDA_OK(bonsai_cuda_quantize_act(dx, K, N, 4, nb1, q.ptr, s.ptr, 0));
+    a.q      = q.download(q.count);
+    a.scales = s.download(s.count);
+    return a;
+}
+
+static void check_quantize_act(Rng & rng) {
+    const int64_t N = 300, K = 768, ld = K + 16;
+    auto x = random_activations(N, ld, rng);
+    DeviceBuffer<float> dx(x.size());
+    dx.upload(x);
+    const auto gpu = gpu_quantize_act(dx.ptr, N, K, ld * 4);
+    const auto cpu = cpu_quantize_act(x.data(), N, K, ld);
+    const bool same_q = gpu.q == cpu.q;
+    const bool same_s = memcmp(gpu.scales.data(), cpu.scales.data(), cpu.scales.size() * sizeof(float4)) == 0;
+    CHECK(same_q && same_s, "activation pre-pass differs from the scalar version (codes %s, scales %s)",
+          same_q ? "same" : "differ", same_s ? "same" : "differ");
+    printf("  activation pre-pass (int8 per 128)  : %s\n", same_q && same_s ? "exact" : "MISMATCH");
+}
+
+// dst[n][m] from the int8 activations and the weights, in float64.
+static double gemm_reference_element(const TypeInfo & t, const uint8_t * wrow, const QuantizedActs & a,
+                                     int64_t n, int64_t K, std::vector<float> & wbuf) {
+    cpu_dequantize_row(t, wrow, wbuf.data(), K);  // (code-1)*d per element
+    int element_of[128];
+    for (int p = 0; p < 128; p++) {
+        element_of[p] = bonsai_cuda_act_position_element(p);
+    }
+    double sum = 0.0;
+    for (int64_t c = 0; c < K / 128; c++) {
+        const float da = a.scales[c * a.rows + n].x;
+        double partial = 0.0;
+        for (int p = 0; p < 128; p++) {
+            partial += (double) wbuf[c * 128 + element_of[p]] * a.q[n * a.chunks * 128 + c * 128 + p];
+        }
+        sum += partial * da;
+    }
+    return sum;
+}
+
+static void check_gemm_exact(const TypeInfo & t, int64_t M, int64_t N, int64_t K, int config, Rng & rng, int samples) {
+    const auto w = random_weights(t, M, K, rng);
+    const auto x = random_activations(N, K, rng);
+    DeviceBuffer<uint8_t> dw(w.size());
+    dw.upload(w);
+    DeviceBuffer<float> dx(x.size());
+    dx.upload(x);
+    const int64_t rows = bonsai_cuda_act_rows(N), chunks = bonsai_cuda_act_chunks(K);
+    DeviceBuffer<int8_t> q(rows * chunks * 128);
+    DeviceBuffer<float4> s(rows * chunks);
+    DeviceBuffer<float>  out(M * N);
+    out.poison();
+    CUDA_OK(bonsai_cuda_quantize_act(dx.ptr, K, N, 4, K * 4, q.ptr, s.ptr, 0));
+    CUDA_OK(bonsai_cuda_gemm_q8(t.id, dw.ptr, M, K, row_bytes(t, K), q.ptr, s.ptr, N, out.ptr, M * 4, config, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    QuantizedActs a;
+    a.rows = rows; a.chunks = chunks;
+    a.q = q.download(q.count);
+    a.scales = s.download(s.count);
+    const auto got = out.download(M * N);
+
+    std::vector<float> wbuf(K);
+    double err2 = 0.0, ref2 = 0.0, max_err = 0.0;
+    int64_t nan_count = 0;
+    const int64_t total = M * N;
+    const int64_t count = samples > 0 ? samples : total;
+    for (int64_t i = 0; i < count; i++) {
+        const int64_t idx = samples > 0 ? (int64_t) (rng.next() % total) : i;
+        const int64_t n = idx / M, m = idx % M;
+        const double ref = gemm_reference_element(t, w.data() + m * row_bytes(t, K), a, n, K, wbuf);
+        const double g = got[n * M + m];
+        if (!std::isfinite(g)) {
+            nan_count++;
+            continue;
+        }
+        err2 += (g - ref) * (g - ref);
+        ref2 += ref * ref;
+        max_err = std::max(max_err, std::fabs(g - ref));
+    }
+    const double rms = std::sqrt(ref2 / count);
+    const double rel = max_err / (rms > 0 ? rms : 1.0);
+    CHECK(nan_count == 0 && rel < 1e-5, "%s GEMM %lldx%lldx%lld config %d: max error %.3g of rms %.3g (%lld non-finite)",
+          t.name, (long long) M, (long long) N, (long long) K, config, max_err, rms, (long long) nan_count);
+    printf("  %-7s GEMM int8 exact  M=%-5lld N=%-5lld K=%-5lld cfg %d: max err / rms = %.2e %s\n", t.name,
+           (long long) M, (long long) N, (long long) K, config, rel, rel < 1e-5 && nan_count == 0 ? "ok" : "FAIL");
+}
+
+#ifdef BONSAI_CUDA_SM90
+// The Hopper f16 GEMM on its own f16 activations, against float64 sums of the same values
+// (exact products; only the f32 accumulation order differs).
+static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64_t K, int config, Rng & rng, int samples) {
+    const auto w = random_weights(t, M, K, rng);
+    const auto x = random_activations(N, K, rng);
+    DeviceBuffer<uint8_t> dw(w.size());
+    dw.upload(w);
+    DeviceBuffer<float> dx(x.size());
+    dx.upload(x);
+    const int64_t rows = bonsai_cuda_act_f16_rows(N);
+    DeviceBuffer<half>  act(rows * K);
+    DeviceBuffer<float> out(M * N);
+    out.poison();
+    CUDA_OK(bonsai_cuda_convert_act_f16(dx.ptr, K, N, 4, K * 4, act.ptr, 0));
+    CUDA_OK(bonsai_cuda_gemm_f16(t.id, dw.ptr, M, K, row_bytes(t, K), act.ptr, N, out.ptr, M * 4, config, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    const auto h   = act.download(rows * K);
+    const auto got = out.download(M * N);
+
+    // the pre-pass: position p of a chunk holds f16(element(p)) (no value here exceeds f16's range)
+    int element_of[128];
+    for (int p = 0; p < 128; p++) {
+        element_of[p] = bonsai_cuda_act_f16_position_element(p);
+    }
+    int64_t bad_act = 0;
+    for (int64_t n = 0; n < N; n++) {
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t c = k / 128, p = k % 128;
+            bad_act += __half_as_ushort(h[n * K + k]) != __half_as_ushort(__float2half_rn(x[n * K + c * 128 + element_of[p]]));
+        }
+    }
+    CHECK(bad_act == 0, "f16 activation pre-pass: %lld values differ", (long long) bad_act);
+
+    std::vector<float> wf(K);
+    double ref2 = 0.0, max_err = 0.0;
+    int64_t nonfinite = 0;
+    const int64_t total = M * N, count = samples > 0 ? samples : total;
+    for (int64_t i = 0; i < count; i++) {
+        const int64_t idx = samples > 0 ? (int64_t) (rng.next() % total) : i;
+        const int64_t n = idx / M, m = idx % M;
+        cpu_dequantize_row(t, w.data() + m * row_bytes(t, K), wf.data(), K);
+        double ref = 0.0;
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t c = k / 128, p = k % 128;
+            ref += (double) wf[c * 128 + element_of[p]] * (double) __half2float(h[n * K + k]);
+        }
+        const double g = got[n * M + m];
+        if (!std::isfinite(g)) {
+            nonfinite++;
+            continue;
+        }
+        ref2 += ref * ref;
+        max_err = std::max(max_err, std::fabs(g - ref));
+    }
+    const double rms = std::sqrt(ref2 / count);
+    const double rel = max_err / (rms > 0 ? rms : 1.0);
+    CHECK(nonfinite == 0 && rel < 5e-5, "%s f16 GEMM %lldx%lldx%lld config %d: max error %.3g of rms %.3g (%lld non-finite)",
+          t.name, (long long) M, (long long) N, (long long) K, config, max_err, rms, (long long) nonfinite);
+    printf("  %-7s GEMM f16 exact   M=%-5lld N=%-5lld K=%-5lld cfg %d: max err / rms = %.2e %s\n", t.name,
+           (long long) M, (long long) N, (long long) K, config, rel, rel < 5e-5 && nonfinite == 0 ? "ok" : "FAIL");
+}
+#endif
+
+// Public entry point against float64 products of dequantized weights and f32 activations.
+// Weights are sliced w_ne2 ways and broadcast over ne2 slices of x; x rows are ldx apart.
+static double check_matmul(const TypeInfo & t, int64_t M, int64_t N, int64_t K, int64_t w_ne2, int64_t ne2,
+                           int64_t ldx, double tolerance, Rng & rng) {
+    const size_t rb = row_bytes(t, K);
+    const auto w = random_weights(t, M * w_ne2, K, rng);
+    const auto x = random_activations(N * ne2, ldx, rng);
+    DeviceBuffer<uint8_t> dw(w.size());
+    dw.upload(w);
+    DeviceBuffer<float> dx(x.size());
+    dx.upload(x);
+    DeviceBuffer<float> out(M * N * ne2);
+    out.poison();
+    bonsai_cuda_matmul_args a = {};
+    a.type = t.id;
+    a.w = dw.ptr; a.M = M; a.K = K; a.w_ne2 = w_ne2; a.w_ne3 = 1; a.w_nb1 = rb; a.w_nb2 = rb * M; a.w_nb3 = rb * M * w_ne2;
+    a.x = dx.ptr; a.N = N; a.ne2 = ne2; a.ne3 = 1; a.x_nb0 = 4; a.x_nb1 = ldx * 4; a.x_nb2 = ldx * 4 * N; a.x_nb3 = a.x_nb2 * ne2;
+    a.dst = out.ptr; a.d_nb1 = M * 4; a.d_nb2 = M * N * 4; a.d_nb3 = a.d_nb2 * ne2;
+    const size_t scratch_bytes = bonsai_cuda_matmul_scratch_bytes(&a);
+    DeviceBuffer<uint8_t> scratch(scratch_bytes);
+    CUDA_OK(bonsai_cuda_matmul(&a, scratch.ptr, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    const auto got = out.download(M * N * ne2);
+
+    std::vector<float> wf(K);
+    double err2 = 0.0, ref2 = 0.0;
+    int64_t bad = 0;
+    for (int64_t s = 0; s < ne2; s++) {
+        const int64_t ws = s / (ne2 / w_ne2);
+        for (int64_t m = 0; m < M; m++) {
+            cpu_dequantize_row(t, w.data() + (ws * M + m) * rb, wf.data(), K);
+            for (int64_t n = 0; n < N; n++) {
+                const float * xr = x.data() + (s * N + n) * ldx;
+                double ref = 0.0;
+                for (int64_t k = 0; k < K; k++) {
+                    ref += (double) wf[k] * xr[k];
+                }
+                const double g = got[(s * N + n) * M + m];
+                bad += !std::isfinite(g);
+                err2 += (g - ref) * (g - ref);
+                ref2 += ref * ref;
+            }
+        }
+    }
+    const double rel = std::sqrt(err2 / ref2);
+    CHECK(bad == 0 && rel < tolerance, "%s matmul M=%lld N=%lld K=%lld slices %lld/%lld: relative error %.3g (limit %.3g)",
+          t.name, (long long) M, (long long) N, (long long) K, (long long) w_ne2, (long long) ne2, rel, tolerance);
+    printf("  %-7s matmul %-7s M=%-4lld N=%-3lld K=%-5lld slices %lld/%lld ldx %lld: rel err %.2e %s\n", t.name,
+           N <= BONSAI_CUDA_MMV_MAX_COLS ? "mat-vec" : "GEMM", (long long) M, (long long) N, (long long) K,
+           (long long) w_ne2, (long long) ne2, (long long) ldx, rel, bad == 0 && rel < tolerance ? "ok" : "FAIL");
+    return rel;
+}
+
+// ---- accuracy on DiT shapes: int8 per 128 vs per 32 (q8_1) vs bf16 ----------------------------
+
+static float round_bf16(float v) {
+    return __bfloat162float(__float2bfloat16_rn(v));
+}
+
+struct ShapeMNK {
+    int64_t M, K;
+    const char * name;
+};
+static const ShapeMNK DIT_SHAPES[] = {
+    {3072, 3072, "proj"},  {9216, 3072, "qkv"},       {18432, 3072, "mlp_in"},
+    {3072, 9216, "mlp_out"}, {27648, 3072, "linear1"}, {3072, 12288, "linear2"},
+};
+static const int64_t DIT_TOKENS[] = {512, 4096, 4608};
+
+// ---- timing -------------------------------------------------------------------------------------
+
+template <typename F> static double time_us(F && f, int reps = 10) {
+    for (int i = 0; i < 3; i++) {
+        f();
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+    cudaEvent_t start, stop;
+    CUDA_OK(cudaEventCreate(&start));
+    CUDA_OK(cudaEventCreate(&stop));
+    std::vector<double> rounds;
+    for (int r = 0; r < 5; r++) {
+        CUDA_OK(cudaEventRecord(start));
+        for (int i = 0; i < reps; i++) {
+            f();
+        }
+        CUDA_OK(cudaEventRecord(stop));
+        CUDA_OK(cudaEventSynchronize(stop));
+        float ms = 0;
+        CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
+        rounds.push_back(1000.0 * ms / reps);
+    }
+    CUDA_OK(cudaGetLastError());
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    std::sort(rounds.begin(), rounds.end());
+    return rounds[rounds.size() / 2];
+}
+
+static void dit_accuracy_and_perf(bool perf) {
+    Rng rng(1234);
+#ifdef BONSAI_HAVE_CUBLAS
+    cublasHandle_t handle;
+    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "cublasCreate failed\n");
+        exit(2);
+    }
+#endif
+    printf("\nDiT shapes (dst = W x, W: M x K low-bit, x: N tokens of K, f32 out)\n");
+    printf("%-8s %6s %6s %6s | %-7s %8s %6s %6s | %11s | TFLOPS of the f16 GEMM configs (no pre-pass)\n", "layer", "M",
+           "N", "K", "type", "us", "TFLOPS", "vs bf16", "int8 TFLOPS");
+    for (const auto & shape : DIT_SHAPES) {
+        if (g_quick && strcmp(shape.name, "qkv") != 0 && strcmp(shape.name, "linear2") != 0) {
+            continue;
+        }
+        const int64_t M = shape.M, K = shape.K;
+        // One set of weights per shape and type, reused for every token count.
+        std::vector<std::vector<uint8_t>> weights;
+        std::vector<DeviceBuffer<uint8_t> *> dweights;
+        for (const auto & t : TYPES) {
+            weights.push_back(random_weights(t, M, K, rng));
+            dweights.push_back(new DeviceBuffer<uint8_t>(weights.back().size()));
+            dweights.back()->upload(weights.back());
+        }
+#ifdef BONSAI_HAVE_CUBLAS
+        DeviceBuffer<nv_bfloat16> dwb(M * K);
+        if (perf) {
+            std::vector<nv_bfloat16> wb(M * K);
+            for (auto & v : wb) v = __float2bfloat16_rn((float) (0.02 * rng.uniform() - 0.01));
+            dwb.upload(wb);
+        }
+#endif
+        for (const int64_t N : DIT_TOKENS) {
+            const double flops = 2.0 * M * N * K;
+            const auto x = random_activations(N, K, rng);
+            DeviceBuffer<float> dx(x.size());
+            dx.upload(x);
+            DeviceBuffer<float> out(M * N);
+
+            double bf16_us = 0;
+#ifdef BONSAI_HAVE_CUBLAS
+            if (perf) {
+                double f16_us = 0, i8_us = 0;
+                // cuBLAS on the same shape: W (M x K, K contiguous) times x^T, f32 out. The f16 and
+                // int8 runs reuse the bf16 bytes (finite, non-zero values either way).
+                std::vector<nv_bfloat16> xb(N * K);
+                for (int64_t i = 0; i < N * K; i++) xb[i] = __float2bfloat16_rn(x[i]);
+                DeviceBuffer<nv_bfloat16> dxb(xb.size());
+                dxb.upload(xb);
+                const float one = 1.0f, zero = 0.0f;
+                bf16_us = time_us([&] {
+                    cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int) M, (int) N, (int) K, &one, dwb.ptr, CUDA_R_16BF, (int) K,
+                                 dxb.ptr, CUDA_R_16BF, (int) K, &zero, out.ptr, CUDA_R_32F, (int) M, CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT);
+                });
+                f16_us = time_us([&] {
+                    cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int) M, (int) N, (int) K, &one, dwb.ptr, CUDA_R_16F, (int) K,
+                                 dxb.ptr, CUDA_R_16F, (int) K, &zero, out.ptr, CUDA_R_32F, (int) M, CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT);
+                });
+                const int32_t ione = 1, izero = 0;
+                i8_us = time_us([&] {
+                    cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int) M, (int) N, (int) K, &ione, dwb.ptr, CUDA_R_8I, (int) K,
+                                 dxb.ptr, CUDA_R_8I, (int) K, &izero, out.ptr, CUDA_R_32I, (int) M, CUBLAS_COMPUTE_32I,
+                                 CUBLAS_GEMM_DEFAULT);
+                });
+                for (auto [name, t_us] : {std::pair<const char *, double>{"cublas_bf16", bf16_us}, {"cublas_f16", f16_us},
+                                          {"cublas_int8", i8_us}}) {
+                    json_record(jstr("kind", "gemm") + ", " + jstr("layer", shape.name) + ", " + jstr("type", name) + ", " +
+                                jnum("M", M) + ", " + jnum("N", N) + ", " + jnum("K", K) + ", " + jnum("us", t_us) + ", " +
+                                jnum("tflops", flops / t_us * 1e-6));
+                }
+                printf("%-8s %6lld %6lld %6lld | %-7s %9.1f %8.1f | cuBLAS f16 %.1f TFLOPS, int8 %.1f TOPS\n", shape.name,
+                       (long long) M, (long long) N, (long long) K, "bf16", bf16_us, flops / bf16_us * 1e-6,
+                       flops / f16_us * 1e-6, flops / i8_us * 1e-6);
+            }
+#endif
+            for (size_t ti = 0; ti < sizeof(TYPES) / sizeof(TYPES[0]); ti++) {
+                const auto & t = TYPES[ti];
+                const auto & w = weights[ti];
+                bonsai_cuda_matmul_args a = {};
+                a.type = t.id;
+                a.w = dweights[ti]->ptr; a.M = M; a.K = K; a.w_ne2 = 1; a.w_ne3 = 1; a.w_nb1 = row_bytes(t, K); a.w_nb2 = a.w_nb1 * M; a.w_nb3 = a.w_nb2;
+                a.x = dx.ptr; a.N = N; a.ne2 = 1; a.ne3 = 1; a.x_nb0 = 4; a.x_nb1 = K * 4; a.x_nb2 = K * 4 * N; a.x_nb3 = a.x_nb2;
+                a.dst = out.ptr; a.d_nb1 = M * 4; a.d_nb2 = M * N * 4; a.d_nb3 = a.d_nb2;
+                DeviceBuffer<uint8_t> scratch(bonsai_cuda_matmul_scratch_bytes(&a));
+                out.poison();
+                CUDA_OK(bonsai_cuda_matmul(&a, scratch.ptr, 0));
+                CUDA_OK(cudaDeviceSynchronize());
+
+                // accuracy on sampled outputs against float64: the entry point's path, the int8
+                // path, and emulated per-32 int8 (ggml's q8_1) and bf16 operands
+                if (N == 4608 || (N == 512 && t.id == BONSAI_TYPE_PQ2_0)) {
+                    const auto got = out.download(M * N);
+                    DeviceBuffer<int8_t> q(bonsai_cuda_act_rows(N) * (K / 128) * 128);
+                    DeviceBuffer<float4> sc(bonsai_cuda_act_rows(N) * (K / 128));
+                    CUDA_OK(bonsai_cuda_quantize_act(dx.ptr, K, N, 4, K * 4, q.ptr, sc.ptr, 0));
+                    CUDA_OK(bonsai_cuda_gemm_q8(t.id, a.w, M, K, a.w_nb1, q.ptr, sc.ptr, N, out.ptr, M * 4, 0, 0));
+                    const auto got8 = out.download(M * N);
+                    std::vector<float> wf(K);
+                    double emain = 0, e128 = 0, e32 = 0, ebf = 0, r2 = 0;
+                    int64_t nonfinite = 0;
+                    for (int i = 0; i < 512; i++) {
+                        const int64_t m = (int64_t) (rng.next() % M), n = (int64_t) (rng.next() % N);
+                        cpu_dequantize_row(t, w.data() + m * a.w_nb1, wf.data(), K);
+                        const float * xr = x.data() + n * K;
+                        double ref = 0, q32 = 0, bf = 0;
+                        for (int64_t c = 0; c < K; c += 32) {
+                            float amax = 0;
+                            for (int j = 0; j < 32; j++) amax = std::max(amax, std::fabs(xr[c + j]));
+                            const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+                            double part = 0;
+                            for (int j = 0; j < 32; j++) {
+                                ref += (double) wf[c + j] * xr[c + j];
+                                part += (double) wf[c + j] * std::nearbyint(xr[c + j] * id);
+                                bf += (double) round_bf16(wf[c + j]) * round_bf16(xr[c + j]);
+                            }
+                            q32 += part * d;
+                        }
+                        const double g = got[n * M + m], g8 = got8[n * M + m];
+                        nonfinite += !std::isfinite(g) + !std::isfinite(g8);
+                        emain += (g - ref) * (g - ref);
+                        e128 += (g8 - ref) * (g8 - ref);
+                        e32 += (q32 - ref) * (q32 - ref);
+                        ebf += (bf - ref) * (bf - ref);
+                        r2 += ref * ref;
+                    }
+                    const double relmain = std::sqrt(emain / r2), rel128 = std::sqrt(e128 / r2);
+                    const double rel32 = std::sqrt(e32 / r2), relbf = std::sqrt(ebf / r2);
+                    CHECK(nonfinite == 0 && relmain < 3e-2 && rel128 < 3e-2, "%s %s N=%lld: errors %.3g (entry point), %.3g (int8)",
+                          t.name, shape.name, (long long) N, relmain, rel128);
+                    json_record(jstr("kind", "accuracy") + ", " + jstr("layer", shape.name) + ", " + jstr("type", t.name) + ", " +
+                                jnum("M", M) + ", " + jnum("N", N) + ", " + jnum("K", K) + ", " + jnum("rel_err_entry_point", relmain) +
+                                ", " + jnum("rel_err_int8_per128", rel128) + ", " + jnum("rel_err_int8_per32_q8_1", rel32) + ", " +
+                                jnum("rel_err_bf16", relbf));
+                    printf("%-8s %6lld %6lld %6lld | %-7s rel err: entry point %.2e, int8/128 %.2e, int8/32 (q8_1) %.2e, bf16 %.2e\n",
+                           shape.name, (long long) M, (long long) N, (long long) K, t.name, relmain, rel128, rel32, relbf);
+                }
+                if (!perf) {
+                    continue;
+                }
+                // the entry point (pre-pass + GEMM, the path ggml takes), then each GEMM alone
+                const double us = time_us([&] { bonsai_cuda_matmul(&a, scratch.ptr, 0); });
+                DeviceBuffer<int8_t> q(bonsai_cuda_act_rows(N) * (K / 128) * 128);
+                DeviceBuffer<float4> s(bonsai_cuda_act_rows(N) * (K / 128));
+                CUDA_OK(cudaGetLastError());
+                const double i8_pre_us = time_us([&] { bonsai_cuda_quantize_act(dx.ptr, K, N, 4, K * 4, q.ptr, s.ptr, 0); });
+                const double i8_us = time_us([&] {
+                    bonsai_cuda_gemm_q8(t.id, a.w, M, K, a.w_nb1, q.ptr, s.ptr, N, out.ptr, M * 4, 0, 0);
+                });
+                std::string line = jstr("kind", "gemm") + ", " + jstr("layer", shape.name) + ", " + jstr("type", t.name) + ", " +
+                                   jnum("M", M) + ", " + jnum("N", N) + ", " + jnum("K", K) + ", " + jnum("us", us) + ", " +
+                                   jnum("tflops", flops / us * 1e-6) + ", " + jnum("vs_cublas_bf16", bf16_us > 0 ? bf16_us / us : 0) +
+                                   ", " + jnum("int8_gemm_us", i8_us) + ", " + jnum("int8_prepass_us", i8_pre_us);
+                std::string cfgs;
+#ifdef BONSAI_CUDA_SM90
+                DeviceBuffer<half> h(bonsai_cuda_act_f16_rows(N) * K);
+                const double f16_pre_us = time_us([&] { bonsai_cuda_convert_act_f16(dx.ptr, K, N, 4, K * 4, h.ptr, 0); });
+                line += ", " + jnum("f16_prepass_us", f16_pre_us);
+                for (int cfg = 1; cfg <= BONSAI_CUDA_F16_CONFIGS; cfg++) {
+                    if (!f16_config_on(cfg)) {
+                        continue;
+                    }
+                    const double cfg_us = time_us([&] {
+                        bonsai_cuda_gemm_f16(t.id, a.w, M, K, a.w_nb1, h.ptr, N, out.ptr, M * 4, cfg, 0);
+                    });
+                    char key[24], buf[32];
+                    snprintf(key, sizeof(key), "f16_cfg%d_us", cfg);
+                    line += ", " + jnum(key, cfg_us);
+                    snprintf(buf, sizeof(buf), " %5.0f", flops / cfg_us * 1e-6);
+                    cfgs += buf;
+                }
+                CUDA_OK(cudaGetLastError());
+#endif
+                json_record(line);
+                printf("%-8s %6lld %6lld %6lld | %-7s %8.1f %6.1f %5.2fx | int8 %6.1f |%s\n", shape.name, (long long) M,
+                       (long long) N, (long long) K, t.name, us, flops / us * 1e-6, bf16_us > 0 ? bf16_us / us : 0.0,
+                       flops / i8_us * 1e-6, cfgs.c_str());
+            }
+        }
+        for (auto * d : dweights) {
+            delete d;
+        }
+    }
+
+    if (perf) {
+        printf("\nMat-vec N = 1 (us)\n");
+        const ShapeMNK mv_shapes[] = {{3072, 3072, "proj"}, {18432, 3072, "mod"}, {27648, 3072, "linear1"},
+                                       {3072, 12288, "linear2"}, {9728, 2560, "te_mlp"}, {2560, 9728, "te_down"}};
+        for (const auto & shape : mv_shapes) {
+            const int64_t M = shape.M, K = shape.K;
+            const auto x = random_activations(1, K, rng);
+            DeviceBuffer<float> dx(x.size());
+            dx.upload(x);
+            DeviceBuffer<float> out(M);
+            double f16_us = 0;
+#ifdef BONSAI_HAVE_CUBLAS
+            {
+                std::vector<half> wh(M * K), xh(K);
+                for (auto & v : wh) v = __float2half_rn(0.01f * rng.normal());
+                for (int64_t k = 0; k < K; k++) xh[k] = __float2half_rn(x[k]);
+                DeviceBuffer<half> dwh(wh.size()), dxh(xh.size());
+                dwh.upload(wh); dxh.upload(xh);
+                const float one = 1.0f, zero = 0.0f;
+                f16_us = time_us([&] {
+                    cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int) M, 1, (int) K, &one, dwh.ptr, CUDA_R_16F, (int) K,
+                                 dxh.ptr, CUDA_R_16F, (int) K, &zero, out.ptr, CUDA_R_32F, (int) M, CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT);
+                }, 50);
+                json_record(jstr("kind", "matvec") + ", " + jstr("layer", shape.name) + ", " + jstr("type", "cublas_f16") + ", " +
+                            jnum("M", M) + ", " + jnum("K", K) + ", " + jnum("us", f16_us));
+            }
+#endif
+            printf("%-8s M=%-6lld K=%-6lld f16 (cuBLAS) %7.1f |", shape.name, (long long) M, (long long) K, f16_us);
+            for (const auto & t : TYPES) {
+                const auto w = random_weights(t, M, K, rng);
+                DeviceBuffer<uint8_t> dw(w.size());
+                dw.upload(w);
+                bonsai_cuda_matmul_args a = {};
+                a.type = t.id;
+                a.w = dw.ptr; a.M = M; a.K = K; a.w_ne2 = 1; a.w_ne3 = 1; a.w_nb1 = row_bytes(t, K); a.w_nb2 = a.w_nb1 * M; a.w_nb3 = a.w_nb2;
+                a.x = dx.ptr; a.N = 1; a.ne2 = 1; a.ne3 = 1; a.x_nb0 = 4; a.x_nb1 = K * 4; a.x_nb2 = K * 4; a.x_nb3 = K * 4;
+                a.dst = out.ptr; a.d_nb1 = M * 4; a.d_nb2 = M * 4; a.d_nb3 = M * 4;
+                const double us = time_us([&] { bonsai_cuda_matmul(&a, nullptr, 0); }, 50);
+                json_record(jstr("kind", "matvec") + ", " + jstr("layer", shape.name) + ", " + jstr("type", t.name) + ", " +
+                            jnum("M", M) + ", " + jnum("K", K) + ", " + jnum("us", us) + ", " +
+                            jnum("gbps", (double) w.size() / us * 1e-3) + ", " + jnum("vs_cublas_f16", f16_us > 0 ? f16_us / us : 0));
+                printf(" %s %6.1f (%.1fx)", t.name, us, f16_us > 0 ? f16_us / us : 0.0);
+            }
+            printf("\n");
+        }
+    }
+#ifdef BONSAI_HAVE_CUBLAS
+    cublasDestroy(handle);
+#endif
+}
+
+// One GEMM (no checks), for a profiler: type, M, N, K, configuration (int8 GEMM; 100 + c: f16 GEMM c).
+static int profile_one(int type, int64_t M, int64_t N, int64_t K, int config) {
+    const TypeInfo * t = nullptr;
+    for (const auto & ti : TYPES) {
+        if (ti.id == type) t = &ti;
+    }
+    if (!t) return 2;
+    Rng rng(5);
+    const auto w = random_weights(*t, M, K, rng);
+    const auto x = random_activations(N, K, rng);
+    DeviceBuffer<uint8_t> dw(w.size());
+    dw.upload(w);
+    DeviceBuffer<float> dx(x.size()), out(M * N);
+    dx.upload(x);
+#ifdef BONSAI_CUDA_SM90
+    if (config > 100) {  // the f16 GEMM, configuration config - 100
+        DeviceBuffer<half> h(bonsai_cuda_act_f16_rows(N) * K);
+        CUDA_OK(bonsai_cuda_convert_act_f16(dx.ptr, K, N, 4, K * 4, h.ptr, 0));
+        for (int i = 0; i < 2; i++) {
+            CUDA_OK(bonsai_cuda_gemm_f16(type, dw.ptr, M, K, row_bytes(*t, K), h.ptr, N, out.ptr, M * 4, config - 100, 0));
+        }
+        CUDA_OK(cudaDeviceSynchronize());
+        return 0;
+    }
+#endif
+    const int64_t rows = bonsai_cuda_act_rows(N), chunks = bonsai_cuda_act_chunks(K);
+    DeviceBuffer<int8_t> q(rows * chunks * 128);
+    DeviceBuffer<float4> s(rows * chunks);
+    CUDA_OK(bonsai_cuda_quantize_act(dx.ptr, K, N, 4, K * 4, q.ptr, s.ptr, 0));
+    for (int i = 0; i < 2; i++) {
+        CUDA_OK(bonsai_cuda_gemm_q8(type, dw.ptr, M, K, row_bytes(*t, K), q.ptr, s.ptr, N, out.ptr, M * 4, config, 0));
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+    return 0;
+}
+
+int main(int argc, char ** argv) {
+    const char * json_path = nullptr;
+    bool perf = true;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json") && i + 1 < argc) {
+            json_path = argv[++i];
+        } else if (!strcmp(argv[i], "--no-perf")) {
+            perf = false;
+        } else if (!strcmp(argv[i], "--f16-configs") && i + 1 < argc) {
+            for (const char * c = argv[++i]; *c; c++) {
+                if (*c >= '1' && *c <= '9') {
+                    g_f16_config[*c - '0'] = true;
+                }
+            }
+        } else if (!strcmp(argv[i], "--quick")) {
+            g_quick = true;
+        } else if (!strcmp(argv[i], "--profile") && i + 5 < argc) {
+            return profile_one(atoi(argv[i + 1]), atoll(argv[i + 2]), atoll(argv[i + 3]), atoll(argv[i + 4]), atoi(argv[i + 5]));
+        } else {
+            fprintf(stderr, "usage: %s [--json FILE] [--no-perf] [--quick] [--f16-configs DIGITS] | --profile TYPE M N K CONFIG\n", argv[0]);
+            return 2;
+        }
+    }
+    bool any_config = false;
+    for (bool on : g_f16_config) {
+        any_config = any_config || on;
+    }
+    if (!any_config) {
+        for (bool & on : g_f16_config) {
+            on = true;
+        }
+    }
+    cudaDeviceProp prop;
+    CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+    printf("device: %s, sm_%d%d, %d SMs\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+
+    Rng rng(42);
+    printf("\ncodecs\n");
+    for (const auto & t : TYPES) {
+        check_dequantize(t, rng);
+        check_get_rows(t, rng);
+        check_copies(t, rng);
+    }
+    printf("\nGEMM path\n");
+    check_quantize_act(rng);
+    for (const auto & t : TYPES) {
+        for (int cfg = 1; cfg <= BONSAI_CUDA_GEMM_CONFIGS; cfg++) {
+            check_gemm_exact(t, 200, 300, 768, cfg, rng, 0);
+        }
+        check_gemm_exact(t, 3072, 512, 3072, 0, rng, 2000);
+#ifdef BONSAI_CUDA_SM90
+        for (int cfg = 1; cfg <= BONSAI_CUDA_F16_CONFIGS; cfg++) {
+            if (f16_config_on(cfg)) {
+                check_gemm_f16_exact(t, 200, 300, 768, cfg, rng, 0);
+            }
+        }
+        check_gemm_f16_exact(t, 3072, 512, 3072, 0, rng, 2000);
+#endif
+    }
+    printf("\nMUL_MAT entry point vs float64\n");
+    for (const auto & t : TYPES) {
+        for (int64_t n : {1, 2, 3, 5, 8}) {
+            check_matmul(t, 333, n, 1024, 1, 1, 1024, 1e-5, rng);
+        }
+        check_matmul(t, 130, 4, 512, 2, 4, 513, 1e-5, rng);    // strided x: gathered; broadcast weights
+        check_matmul(t, 130, 77, 512, 1, 3, 512, 3e-2, rng);   // slices folded into one GEMM
+        check_matmul(t, 130, 40, 512, 2, 4, 520, 3e-2, rng);   // sliced weights: one GEMM per slice
+    }
+
+    dit_accuracy_and_perf(perf);
+
+    if (json_path) {
+        FILE * f = fopen(json_path, "w");
+        if (!f) {
+            fprintf(stderr, "cannot write %s\n", json_path);
+            return 2;
+        }
+        fprintf(f, "{\"device\": \"%s\", \"sms\": %d, \"failures\": %d, \"records\": [\n", prop.name,
+                prop.multiProcessorCount, g_failures);
+        for (size_t i = 0; i < g_json.size(); i++) {
+            fprintf(f, "  %s%s\n", g_json[i].c_str(), i + 1 < g_json.size() ? "," : "");
+        }
+        fprintf(f, "]}\n");
+        fclose(f);
+    }
+    printf("\n%s: %d failure(s)\n", g_failures == 0 ? "PASS" : "FAIL", g_failures);
+    return g_failures == 0 ? 0 : 1;
+}
