@@ -413,6 +413,9 @@ def gemlite_cases(kw: bonsai_packs.KleinWeights) -> Iterator[Case]:
     huge = bytearray(_zip_with_pickle(pickle.dumps({}, protocol=2), compress_pickle=True))
     _declare_size(huge, "state_dict/data.pkl", 1 << 30)
     yield case("zip-huge-declared-size", bytes(huge), "data.pkl declares 1 GiB")
+    encrypted = bytearray(valid)
+    _set_entry_field(encrypted, "state_dict/data.pkl", "flags", 0x1)
+    yield case("encrypted-pickle", bytes(encrypted), "data.pkl flagged as encrypted (found by fuzzing)")
     named = dict(tensors)
     w_q = f"{_MODULE}.W_q"
     named[w_q] = np.ascontiguousarray(named[w_q].T)
@@ -430,21 +433,31 @@ def gemlite_cases(kw: bonsai_packs.KleinWeights) -> Iterator[Case]:
     yield case("no-tensors", _zip_with_pickle(tiny), "a state dict without tensors")
 
 
-def _declare_size(archive: bytearray, name: str, size: int) -> None:
-    """Rewrite the uncompressed size of entry `name` in both of its zip headers."""
+# Where a field lies in a local header ("PK\3\4") and in a central directory entry ("PK\1\2").
+_ZIP_FIELDS = {"flags": ("<H", 6, 8), "size": ("<I", 22, 24)}
+
+
+def _set_entry_field(archive: bytearray, name: str, field: str, value: int) -> None:
+    """Rewrite a field of entry `name` in both of its zip headers."""
+    fmt, local_at, central_at = _ZIP_FIELDS[field]
     raw = name.encode()
     local = archive.find(b"PK\x03\x04")
     while local != -1:
         (name_len,) = struct.unpack_from("<H", archive, local + 26)
         if archive[local + 30:local + 30 + name_len] == raw:
-            struct.pack_into("<I", archive, local + 22, size)
+            struct.pack_into(fmt, archive, local + local_at, value)
         local = archive.find(b"PK\x03\x04", local + 4)
     central = archive.find(b"PK\x01\x02")
     while central != -1:
         (name_len,) = struct.unpack_from("<H", archive, central + 28)
         if archive[central + 46:central + 46 + name_len] == raw:
-            struct.pack_into("<I", archive, central + 24, size)
+            struct.pack_into(fmt, archive, central + central_at, value)
         central = archive.find(b"PK\x01\x02", central + 4)
+
+
+def _declare_size(archive: bytearray, name: str, size: int) -> None:
+    """Rewrite the uncompressed size of entry `name` in both of its zip headers."""
+    _set_entry_field(archive, name, "size", size)
 
 
 def unpacked_cases(kw: bonsai_packs.KleinWeights) -> Iterator[Case]:

@@ -172,6 +172,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 # What zipfile raises for a damaged archive (besides OSError): a bad directory, an unsupported
 # version or compression, a bad CRC, a truncated deflate stream, offsets that do not fit.
 _ZIP_ERRORS = (zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError, ValueError, struct.error, OverflowError)
+_ZIP_ENCRYPTED = 0x1  # general purpose flag bit 0
 _MAX_PICKLE_BYTES = 256 << 20  # a state dict's data.pkl holds names and shapes: a few MB at most
 _MAX_MEMO_INDEX = 1 << 24  # the unpickler sizes its memo by the largest index it is given
 _MAX_DEPTH = 32  # a state dict nests a few levels
@@ -194,6 +195,8 @@ def _read_pickle_bytes(path: Path, zf: zipfile.ZipFile, name: str) -> bytes:
     """data.pkl's bytes, checked against its declared size and CRC (a compressed entry cannot
     expand past the size its header declares)."""
     info = zf.getinfo(name)
+    if info.flag_bits & _ZIP_ENCRYPTED:
+        raise ConvertError(f"{path}: {name} is encrypted (torch never writes that: damaged or hostile archive)")
     if info.file_size > _MAX_PICKLE_BYTES:
         raise ConvertError(f"{path}: {name} declares {info.file_size:,} bytes; a state dict's pickle is far smaller "
                            f"(damaged or hostile archive)")
@@ -263,8 +266,9 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
                     info = infos.get(f"{prefix}data/{value.storage.key}")
                     if info is None:
                         raise ConvertError(f"{path}: tensor {name!r}: storage {value.storage.key} is missing")
-                    if info.compress_type != zipfile.ZIP_STORED:
-                        raise ConvertError(f"{path}: tensor {name!r}: storage {value.storage.key} is compressed")
+                    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & _ZIP_ENCRYPTED:
+                        raise ConvertError(f"{path}: tensor {name!r}: storage {value.storage.key} is compressed "
+                                           f"or encrypted")
                     if info.file_size < value.storage.numel * value.storage.np_dtype.itemsize:
                         raise ConvertError(f"{path}: tensor {name!r}: storage {value.storage.key} is truncated")
                     return TorchTensor(path, name, value.storage, _entry_data_offset(path, f, info),
