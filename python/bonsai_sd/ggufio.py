@@ -125,8 +125,12 @@ class GGUFContents:
         return data
 
 
-def _field_value(fld: Any) -> Any:
-    value = fld.contents()
+def _field_value(path: Path, key: str, fld: Any) -> Any:
+    try:
+        value = fld.contents()
+    except UnicodeDecodeError as e:  # GGUF strings are UTF-8
+        raise GGUFError(f"{path}: metadata {key!r} holds a string that is not valid UTF-8 ({e.reason} at byte "
+                        f"{e.start}): not a valid GGUF file") from None
     if isinstance(value, (bytes, bytearray)):
         return value.decode("utf-8", "replace")
     return value
@@ -201,7 +205,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFContents:
     for key, fld in reader.fields.items():
         if key.startswith("GGUF."):
             continue
-        contents.metadata[key] = _field_value(fld)
+        contents.metadata[key] = _field_value(path, key, fld)
     for t in reader.tensors:
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
         contents.tensors.append(TensorEntry(t.name, int(t.tensor_type), t.tensor_type.name, shape,
