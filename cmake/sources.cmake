@@ -48,7 +48,7 @@ if(TARGET ggml-metal)
 endif()
 
 # stable-diffusion.cpp: the checked GGUF reader and layout contract, safetensors and model
-# shape checks;
+# shape checks, the prompt weighting scanner, allocation failures reported with their sizes;
 # api-guards.cpp defines the public load/generate/convert entry points (exception-safe);
 # generation-taps.cpp the testing/expert entry points (given noise and prompt embeddings, the
 # diffusion model and the VAE decoder alone).
@@ -56,6 +56,8 @@ target_sources(stable-diffusion PRIVATE
     "${_sdcpp}/gguf-checks.cpp"
     "${_sdcpp}/safetensors-checks.cpp"
     "${_sdcpp}/model-checks.cpp"
+    "${_sdcpp}/prompt-attention.cpp"
+    "${_sdcpp}/memory-checks.cpp"
     "${_sdcpp}/api-guards.cpp"
     "${_sdcpp}/generation-taps.cpp")
 target_include_directories(stable-diffusion PRIVATE "${_sdcpp}" "${_lowbit}")

@@ -55,9 +55,9 @@ def test_generate_needs_a_model(tmp_path):
     proc = bonsai_sd("generate", "a cat")
     assert proc.returncode == 2 and "-m MODEL, or --demo" in proc.stderr
     proc = bonsai_sd("generate", "a cat", "-m", str(tmp_path / "missing.gguf"))
-    assert proc.returncode == 2 and "missing.gguf: no such file or directory" in proc.stderr
+    assert proc.returncode == 1 and "missing.gguf: no such file or directory" in proc.stderr
     proc = bonsai_sd("generate", "a cat", "-m", "someone/some-model")
-    assert proc.returncode == 2 and "huggingface" in proc.stderr
+    assert proc.returncode == 1 and "huggingface" in proc.stderr
 
 
 def test_generate_unavailable_device():

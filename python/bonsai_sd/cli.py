@@ -1,9 +1,17 @@
-"""The `bonsai-sd` command line."""
+"""The `bonsai-sd` command line.
+
+Every failure is one line on stderr that names the file or parameter and the defect, with exit
+status 1 (2 for a wrong command line, 130 after Ctrl-C); never a Python traceback. An exception
+that no command expects is reported the same way, as an internal error to report
+(BONSAI_SD_TRACEBACK=1 prints its traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from .bench import add_bench_parser
@@ -27,12 +35,14 @@ def _build_info() -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     if args.file is None:
         return _build_info()
+    from .convert import ConvertError
     from .fileinfo import describe_file
     from .ggufio import GGUFError
+    from .modelfiles import ModelFileError
 
     try:
         print(describe_file(args.file))
-    except (GGUFError, OSError) as e:
+    except (GGUFError, ConvertError, ModelFileError, OSError) as e:
         print(f"bonsai-sd info: {e}", file=sys.stderr)
         return 1
     return 0
@@ -42,13 +52,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import logging
 
     from .convert import ConvertError, convert
+    from .modelfiles import ModelFileError
 
     logging.basicConfig(level=logging.INFO, format="bonsai-sd: %(message)s")
     logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer's own chatter
     try:
         result = convert(args.src, args.output, quant_type=args.type, skip_type=args.skip_type, verify=args.verify,
                          from_format=args.from_format, component=args.component, progress=not args.quiet)
-    except (ConvertError, OSError) as e:
+    except (ConvertError, ModelFileError, OSError) as e:
         print(f"bonsai-sd convert: {e}", file=sys.stderr)
         return 1
     if result.passed_through:
@@ -69,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bonsai-sd", description="Ternary and binary image models in stable-diffusion.cpp")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
-    info = sub.add_parser("info", help="show a GGUF file's tensors and metadata, or (without FILE) this build: "
-                                       "versions, backends and the ggml type table")
-    info.add_argument("file", nargs="?", metavar="FILE", help="a GGUF file")
+    info = sub.add_parser("info", help="show a model file's tensors and metadata (GGUF, safetensors or PyTorch "
+                                       "zip), or (without FILE) this build: versions, backends and the ggml "
+                                       "type table")
+    info.add_argument("file", nargs="?", metavar="FILE", help="a GGUF, safetensors or PyTorch zip (.pt) file")
     info.set_defaults(func=_cmd_info)
 
     from .convert import COMPONENTS, LOWBIT_CHOICES, SKIP_CHOICES
@@ -109,4 +121,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         sys.exit(2)
-    sys.exit(args.func(args))
+    sys.exit(_run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"bonsai-sd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"bonsai-sd {args.command}: out of memory", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - a defect of bonsai-sd, not of the input: still no traceback
+        print(f"bonsai-sd {args.command}: internal error ({type(e).__name__}: {e}); please report it "
+              f"(BONSAI_SD_TRACEBACK=1 shows where)", file=sys.stderr)
+        if os.environ.get("BONSAI_SD_TRACEBACK"):
+            traceback.print_exc()
+        return 1

@@ -109,6 +109,9 @@ def _save_atomically(image: Any, out: Path) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from . import _core
+    from .convert import ConvertError
+    from .ggufio import GGUFError
+    from .images import ReferenceImageError, rgb_bytes
     from .modelfiles import ModelFileError
     from .pipeline import Pipeline
 
@@ -128,6 +131,8 @@ def run_generate(args: argparse.Namespace) -> int:
     width, height = args.size
     started = time.perf_counter()
     try:
+        for i, reference in enumerate(args.reference):
+            rgb_bytes(reference, i)  # a bad reference image fails before the model is loaded
         if args.demo:
             pipe = Pipeline.demo(**options)
         else:
@@ -142,12 +147,12 @@ def run_generate(args: argparse.Namespace) -> int:
         seed = image.parameters["seed"]
         out = args.output or Path(f"bonsai-{seed}.png")
         _save_atomically(image, out)
-    except (ModelFileError, ValueError, TypeError) as e:
-        print(f"bonsai-sd generate: {e}", file=sys.stderr)
-        return 2
-    except _core.EngineError as e:
-        print(f"bonsai-sd generate: {e}", file=sys.stderr)
+    except (ModelFileError, ConvertError, GGUFError, ReferenceImageError, _core.EngineError, OSError) as e:
+        print(f"bonsai-sd generate: {e}", file=sys.stderr)  # a file, or the engine, failed
         return 1
+    except (ValueError, TypeError) as e:
+        print(f"bonsai-sd generate: {e}", file=sys.stderr)  # a parameter out of range
+        return 2
     except KeyboardInterrupt:
         print("bonsai-sd generate: interrupted", file=sys.stderr)
         return 130

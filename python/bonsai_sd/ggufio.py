@@ -13,6 +13,7 @@ ggml's lower-case type name (as the engine's loader writes and checks it).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +26,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .lowbit import LOWBIT_TYPES, PQ2_0, Q2_0, LowbitType
+from .modelfiles import ModelFileError, read_gguf_header
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +125,12 @@ class GGUFContents:
         return data
 
 
-def _field_value(fld: Any) -> Any:
-    value = fld.contents()
+def _field_value(path: Path, key: str, fld: Any) -> Any:
+    try:
+        value = fld.contents()
+    except UnicodeDecodeError as e:  # GGUF strings are UTF-8
+        raise GGUFError(f"{path}: metadata {key!r} holds a string that is not valid UTF-8 ({e.reason} at byte "
+                        f"{e.start}): not a valid GGUF file") from None
     if isinstance(value, (bytes, bytearray)):
         return value.decode("utf-8", "replace")
     return value
@@ -134,12 +140,14 @@ class _CheckedReader(gguf.GGUFReader):
     """gguf's reader, with the tensor table checked before any tensor data is touched."""
 
     def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
-        _check_tensor_table(Path(self.data.filename), int(self.data.size), start_offs, fields)
+        _check_tensor_table(Path(self.data.filename), int(self.data.size), start_offs, fields, int(self.alignment))
         super()._build_tensors(start_offs, fields)
 
 
-def _check_tensor_table(path: Path, file_size: int, start_offs: int, fields: list[Any]) -> None:
-    """Known type ids, and every tensor's bytes inside the file and before the next tensor."""
+def _check_tensor_table(path: Path, file_size: int, start_offs: int, fields: list[Any], alignment: int) -> None:
+    """Known type ids, every tensor's bytes inside the file and before the next tensor, and the
+    tensors laid out one after the other in table order, each padded to the alignment (ggml's
+    loader refuses any other layout)."""
     spans = []
     for fld in fields:
         _, name_data, _, dims, raw_dtype, offset = fld.parts
@@ -152,10 +160,10 @@ def _check_tensor_table(path: Path, file_size: int, start_offs: int, fields: lis
         if not ne or ne[0] % block:
             raise GGUFError(f"{path}: tensor {name!r} has a row length of {ne[0] if ne else 0}, not a multiple of "
                             f"the {GGMLQuantizationType(type_id).name} block size {block}")
-        spans.append((start_offs + int(offset[0]), name, type_id, ne))
+        spans.append((int(start_offs) + int(offset[0]), name, type_id, ne))
     spans.sort()
     for i, (begin, name, type_id, ne) in enumerate(spans):
-        n_elements = int(np.prod(ne, dtype=np.int64))
+        n_elements = math.prod(ne)
         need = type_nbytes(type_id, n_elements)
         limit = spans[i + 1][0] if i + 1 < len(spans) else file_size
         have = limit - begin
@@ -167,11 +175,26 @@ def _check_tensor_table(path: Path, file_size: int, start_offs: int, fields: lis
                             f"It is not read as Q2_0; such data is PQ2_0 (id 142).")
         raise GGUFError(f"{path}: tensor {name!r} needs {need} bytes at offset {begin} but only {max(have, 0)} "
                         f"are there (truncated file?)")
+    expected = 0
+    for fld in fields:
+        _, name_data, _, dims, raw_dtype, offset = fld.parts
+        if int(offset[0]) != expected:
+            name = bytes(name_data).decode("utf-8", "replace")
+            raise GGUFError(f"{path}: tensor {name!r} starts at data offset {int(offset[0])}, but the tensors before "
+                            f"it end at {expected}: the tensor table does not match the data (damaged file?)")
+        need = type_nbytes(int(raw_dtype[0]), math.prod(int(n) for n in dims))
+        expected += need + (-need % alignment)
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFContents:
     """Metadata and tensor table of a GGUF file, checked against the layout contract."""
     path = Path(path)
+    try:
+        # Our own walk of the header first: it names the defect (a count, a length, a
+        # dimension) where gguf's reader would fail with an indexing error.
+        read_gguf_header(path)
+    except ModelFileError as e:
+        raise GGUFError(str(e)) from None
     try:
         reader = _CheckedReader(path)
     except GGUFError:
@@ -182,7 +205,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFContents:
     for key, fld in reader.fields.items():
         if key.startswith("GGUF."):
             continue
-        contents.metadata[key] = _field_value(fld)
+        contents.metadata[key] = _field_value(path, key, fld)
     for t in reader.tensors:
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
         contents.tensors.append(TensorEntry(t.name, int(t.tensor_type), t.tensor_type.name, shape,

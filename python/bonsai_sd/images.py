@@ -15,6 +15,11 @@ ImageInput = Union[Image.Image, str, "os.PathLike[str]"]
 
 PARAMETERS_KEY = "parameters"  # human-readable, the key most image tools read
 JSON_KEY = "bonsai_sd"  # the same parameters as JSON
+MAX_REFERENCE_SIDE = 16384  # the engine's limit per side (cpp/sdcpp/api-guards.cpp)
+
+
+class ReferenceImageError(ValueError):
+    """A reference image that cannot be read or used; the message names it and says why."""
 
 
 class GeneratedImage(Image.Image):
@@ -68,18 +73,43 @@ def generated_image(width: int, height: int, channels: int, pixels: bytes, text:
     return image  # type: ignore[return-value]
 
 
+def _check_size(label: str, img: Image.Image) -> None:
+    width, height = img.size
+    if not (1 <= width <= MAX_REFERENCE_SIDE and 1 <= height <= MAX_REFERENCE_SIDE):
+        raise ReferenceImageError(f"{label} is {width}x{height}; reference images must be 1 to "
+                                  f"{MAX_REFERENCE_SIDE} pixels per side")
+
+
+def _to_rgb(label: str, img: Image.Image) -> tuple[int, int, bytes]:
+    try:
+        rgb = img.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise ReferenceImageError(f"{label}: its {img.mode} pixels cannot be converted to RGB ({e})") from None
+    return rgb.width, rgb.height, rgb.tobytes()
+
+
 def rgb_bytes(image: ImageInput, index: int) -> tuple[int, int, bytes]:
     """(width, height, RGB bytes) of a reference image given as a PIL image or a path."""
     if isinstance(image, Image.Image):
-        img = image
-    else:
-        path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"reference image {index}: {path}: no such file")
+        label = f"reference image {index}"
+        _check_size(label, image)
+        return _to_rgb(label, image)
+    if not isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"reference image {index} must be a PIL image or a path, got {type(image).__name__}")
+    path = Path(image)
+    label = f"reference image {index}: {path}"
+    if not path.is_file():
+        raise ReferenceImageError(f"{label}: no such file")
+    # What PIL raises for a file it cannot decode (SyntaxError: some malformed PNG chunks).
+    unreadable = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+    try:
+        img = Image.open(path)
+    except unreadable as e:
+        raise ReferenceImageError(f"{label}: cannot be read as an image ({e})") from None
+    with img:
+        _check_size(label, img)  # from the header, before the pixels are decoded
         try:
-            img = Image.open(path)
             img.load()
-        except (OSError, Image.DecompressionBombError) as e:
-            raise ValueError(f"reference image {index}: {path}: cannot be read as an image ({e})") from None
-    rgb = img.convert("RGB")
-    return rgb.width, rgb.height, rgb.tobytes()
+        except unreadable as e:
+            raise ReferenceImageError(f"{label}: cannot be read as an image ({e})") from None
+        return _to_rgb(label, img)

@@ -70,6 +70,9 @@ _GGUF_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11:
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 _MAX_COUNT = 1 << 24  # beyond any real tensor or metadata count: a corrupt header
 _MAX_STRING = 1 << 26
+_GGML_MAX_DIMS = 4
+_GGML_MAX_NAME = 128  # BONSAI_SD_GGML_MAX_NAME in CMakeLists.txt: names are shorter
+_INT64_MAX = (1 << 63) - 1  # ggml's tensor sizes are int64
 
 
 class _Reader:
@@ -94,11 +97,24 @@ class _Reader:
             raise ModelFileError(f"{self.path}: implausible {what} count {n}: not a valid GGUF file")
         return n
 
-    def string(self) -> str:
+    def raw_string(self) -> bytes:
         n = self.u64()
         if n > _MAX_STRING:
             raise ModelFileError(f"{self.path}: implausible string length {n}: not a valid GGUF file")
-        return self.take(n).decode("utf-8", errors="replace")
+        return self.take(n)
+
+    def string(self) -> str:
+        return self.raw_string().decode("utf-8", errors="replace")
+
+    def name(self, what: str) -> tuple[bytes, str]:
+        """A key or tensor name: GGUF strings are UTF-8, and the engine matches names exactly."""
+        raw = self.raw_string()
+        try:
+            return raw, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            shown = raw.decode("utf-8", errors="replace")
+            raise ModelFileError(f"{self.path}: the name of {what} ({shown[:60]!r}) is not valid UTF-8 (byte "
+                                 f"0x{raw[e.start]:02x} at {e.start}): not a valid GGUF file") from None
 
     def skip_value(self, vtype: int) -> None:
         if vtype in _GGUF_SCALAR_SIZES:
@@ -124,19 +140,31 @@ def _read_gguf(path: Path, f: BinaryIO) -> WeightFile:
         raise ModelFileError(f"{path}: GGUF version {version} is not supported (expected 2 or 3)")
     n_tensors, n_kv = r.count("tensor"), r.count("metadata")
     metadata: dict[str, str] = {}
-    for _ in range(n_kv):
-        key, vtype = r.string(), r.u32()
+    for index in range(n_kv):
+        key, vtype = r.name(f"metadata entry {index}")[1], r.u32()
+        if not key:
+            raise ModelFileError(f"{path}: a metadata key is empty: not a valid GGUF file")
         if vtype == _GGUF_STRING:
             metadata[key] = r.string()
         else:
             r.skip_value(vtype)
     shapes: dict[str, tuple[int, ...]] = {}
     types: dict[str, int] = {}
-    for _ in range(n_tensors):
-        name, n_dims = r.string(), r.u32()
-        if n_dims > 8:
-            raise ModelFileError(f"{path}: tensor {name} has {n_dims} dimensions: not a valid GGUF file")
+    for index in range(n_tensors):
+        (raw_name, name), n_dims = r.name(f"tensor {index}"), r.u32()
+        if len(raw_name) >= _GGML_MAX_NAME:
+            raise ModelFileError(f"{path}: tensor {index} has a name of {len(raw_name)} bytes ({name[:40]!r}...), "
+                                 f"longer than ggml's {_GGML_MAX_NAME - 1}: not a valid GGUF file")
+        if n_dims > _GGML_MAX_DIMS:
+            raise ModelFileError(f"{path}: tensor {name!r} has {n_dims} dimensions, more than ggml's "
+                                 f"{_GGML_MAX_DIMS}: not a valid GGUF file")
         dims = [r.u64() for _ in range(n_dims)]
+        elements = 1
+        for d in dims:
+            elements *= d
+        if any(d > _INT64_MAX for d in dims) or elements > _INT64_MAX:
+            raise ModelFileError(f"{path}: tensor {name!r} has dimensions {dims}, too large for any tensor: "
+                                 f"not a valid GGUF file")
         types[name] = r.u32()
         r.u64()  # data offset
         shapes[_strip_prefix(name)] = tuple(reversed(dims))  # GGUF lists ne0 (innermost) first
@@ -156,10 +184,25 @@ def _read_safetensors(path: Path, f: BinaryIO, head: bytes) -> WeightFile:
     meta = header.pop("__metadata__", None) or {}
     shapes: dict[str, tuple[int, ...]] = {}
     for name, info in header.items():
-        if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
-            raise ModelFileError(f"{path}: safetensors entry {name!r} has no shape: the header is damaged")
-        shapes[_strip_prefix(name)] = tuple(int(d) for d in info["shape"])
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ModelFileError(f"{path}: safetensors entry {name!r} has no valid shape ({shape!r}): "
+                                 f"the header is damaged")
+        shapes[_strip_prefix(name)] = tuple(shape)
     return WeightFile(path, "safetensors", shapes, {}, {k: str(v) for k, v in meta.items()})
+
+
+def read_gguf_header(path: str | Path) -> WeightFile:
+    """Read and check the header of a GGUF file: version, counts, string lengths, dimensions."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != _GGUF_MAGIC:
+                raise ModelFileError(f"{path}: not a GGUF file (no GGUF magic)")
+            f.seek(0)
+            return _read_gguf(path, f)
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot be read: {e.strerror or e}") from None
 
 
 def read_weight_file(path: str | Path) -> WeightFile:

@@ -37,6 +37,7 @@ SAMPLER = "euler"
 SCHEDULER = "simple"
 MAX_SIDE = 16384
 MAX_SEED = 2**63 - 1
+MAX_PROMPT_BYTES = 16384  # the engine's limit (cpp/sdcpp/api-guards.cpp); klein reads 512 tokens
 
 Cancelled = _core.Cancelled
 EngineError = _core.EngineError
@@ -113,11 +114,39 @@ def _check_int(name: str, value: object, low: int, high: int) -> int:
 
 
 def _check_side(name: str, value: object) -> int:
-    side = _check_int(name, value, 16, MAX_SIDE)
+    """At least 16 and a multiple of 16; the largest size is checked with both sides (_check_size)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 16:
+        raise ValueError(f"{name} must be in [16, {MAX_SIDE}], got {value}")
+    side = value
     if side % 16:
         below, above = side - side % 16, side - side % 16 + 16
         raise ValueError(f"{name} must be a multiple of 16, got {side} (try {below} or {above})")
     return side
+
+
+def _check_size(width: int, height: int) -> None:
+    if width > MAX_SIDE or height > MAX_SIDE:
+        # The least the engine would hold: the decoded image, three floats per pixel.
+        gib = 3 * 4 * width * height / 2**30
+        raise ValueError(f"a {width}x{height} image is larger than {MAX_SIDE}x{MAX_SIDE}, the largest the engine "
+                         f"generates: its decoded pixels alone would need {gib:.2f} GiB of memory")
+
+
+def _check_prompt(name: str, text: object) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a string, got {type(text).__name__}")
+    if "\0" in text:
+        raise ValueError(f"{name} contains a NUL character at index {text.index(chr(0))}")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid text: an unpaired surrogate at index {e.start} "
+                         f"(invalid UTF-8 in the input?)") from None
+    if size > MAX_PROMPT_BYTES:
+        raise ValueError(f"{name} is {size:,} bytes of UTF-8, more than the {MAX_PROMPT_BYTES:,} the engine accepts")
+    return text
 
 
 def _check_sigmas(sigmas: Sequence[float]) -> list[float]:
@@ -237,14 +266,14 @@ class Pipeline:
         Raises Cancelled after cancel(), KeyboardInterrupt on Ctrl-C (the pipeline stays usable),
         EngineError when the engine fails, ValueError/TypeError for invalid arguments.
         """
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        if not isinstance(negative_prompt, str):
-            raise TypeError(f"negative_prompt must be a string, got {type(negative_prompt).__name__}")
+        prompt, negative_prompt = _check_prompt("prompt", prompt), _check_prompt("negative_prompt", negative_prompt)
         width, height = _check_side("width", width), _check_side("height", height)
+        _check_size(width, height)
         custom_sigmas = None if sigmas is None else _check_sigmas(sigmas)
         steps = len(custom_sigmas) - 1 if custom_sigmas else _check_int("steps", steps, 1, 1000)
         seed = secrets.randbits(32) if seed is None else _check_int("seed", seed, 0, MAX_SEED)
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
+            raise TypeError(f"guidance must be a number, got {type(guidance).__name__}")
         guidance = float(guidance)
         if not math.isfinite(guidance) or guidance < 0:
             raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..ggufio import GGUFStreamWriter, PlannedTensor, read_gguf
+from ..ggufio import GGUFError, GGUFStreamWriter, PlannedTensor, read_gguf
 from ..lowbit import PQ2_0, Q1_0, LowbitType, lowbit_type
 from .encode import DENSE_TYPE_NAMES
 from .errors import ConvertError
@@ -125,7 +125,14 @@ def _result(out: Path, component: str, source: str, t: LowbitType | None, output
 
 
 def _copy(src: Path, out: Path, component: str, description: str) -> ConvertResult:
-    """Pass a file sd.cpp already reads through unchanged (atomically)."""
+    """Pass a file sd.cpp already reads through unchanged (atomically), once its header and
+    tensor table have been checked against its size."""
+    from . import safetensors
+
+    if src.suffix == ".gguf":
+        read_gguf(src)
+    else:
+        safetensors.read_header(src)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
     os.close(fd)
     try:
@@ -194,14 +201,17 @@ def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], *, quant_t
     if component is not None and component not in COMPONENTS:
         raise ConvertError(f"unknown component {component!r} (choose from {', '.join(COMPONENTS)})")
 
-    if component is None:
-        component = "transformer" if src.is_dir() else _detect_component(src)
-    if component == "text-encoder":
-        return _convert_text_encoder(src, out, verify, factory)
-    if component == "vae":
-        return _convert_vae(src, out, verify, factory)
-    return _convert_transformer(src, out, quant_type.lower() if quant_type else None, skip, verify, from_format,
-                                factory)
+    try:
+        if component is None:
+            component = "transformer" if src.is_dir() else _detect_component(src)
+        if component == "text-encoder":
+            return _convert_text_encoder(src, out, verify, factory)
+        if component == "vae":
+            return _convert_vae(src, out, verify, factory)
+        return _convert_transformer(src, out, quant_type.lower() if quant_type else None, skip, verify, from_format,
+                                    factory)
+    except GGUFError as e:  # a GGUF input (text encoder, VAE) the reader refuses
+        raise ConvertError(str(e)) from None
 
 
 def _convert_transformer(src: Path, out: Path, quant_type: str | None, skip: int | None, verify: bool,

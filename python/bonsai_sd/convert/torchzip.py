@@ -8,10 +8,13 @@ global, so a hostile file cannot run code.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,7 +125,11 @@ class _PendingTensor:
 def _rebuild_tensor(storage: StorageRef, storage_offset: int, size: Any, stride: Any, *_: Any) -> _PendingTensor:
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("a tensor without a storage")
-    return _PendingTensor(storage, int(storage_offset), tuple(int(n) for n in size), tuple(int(s) for s in stride))
+    shape, strides = tuple(int(n) for n in size), tuple(int(s) for s in stride)
+    if len(shape) != len(strides) or int(storage_offset) < 0 or any(n < 0 for n in shape + strides):
+        raise pickle.UnpicklingError(f"a tensor with size {list(shape)}, stride {list(strides)} and storage offset "
+                                     f"{storage_offset}")
+    return _PendingTensor(storage, int(storage_offset), shape, strides)
 
 
 def _rebuild_parameter(data: Any, *_: Any) -> Any:
@@ -156,22 +163,67 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], _StorageClass)):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-        return StorageRef(str(pid[2]), pid[1].name, int(pid[4]))
+        numel = int(pid[4])
+        if numel < 0:
+            raise pickle.UnpicklingError(f"storage {pid[2]!r} has {numel} elements")
+        return StorageRef(str(pid[2]), pid[1].name, numel)
+
+
+# What zipfile raises for a damaged archive (besides OSError): a bad directory, an unsupported
+# version or compression, a bad CRC, a truncated deflate stream, offsets that do not fit.
+_ZIP_ERRORS = (zipfile.BadZipFile, NotImplementedError, zlib.error, EOFError, ValueError, struct.error, OverflowError)
+_ZIP_ENCRYPTED = 0x1  # general purpose flag bit 0
+_MAX_PICKLE_BYTES = 256 << 20  # a state dict's data.pkl holds names and shapes: a few MB at most
+_MAX_MEMO_INDEX = 1 << 24  # the unpickler sizes its memo by the largest index it is given
+_MAX_DEPTH = 32  # a state dict nests a few levels
+_MAX_VALUES = 1 << 22  # values visited while resolving (shared references count each time)
+
+
+def _check_opcodes(path: Path, pickle_bytes: bytes) -> None:
+    """Walk the pickle's opcodes without running them: a memo index the unpickler would grow
+    its memo to (gigabytes for a few bytes of pickle) is refused, as is a stream it cannot parse."""
+    try:
+        for opcode, arg, pos in pickletools.genops(pickle_bytes):
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET") \
+                    and int(arg) > _MAX_MEMO_INDEX:
+                raise ConvertError(f"{path}: the pickle uses memo index {arg} at byte {pos} (hostile or damaged file)")
+    except (ValueError, KeyError) as e:  # pickletools' words for a malformed stream
+        raise ConvertError(f"{path}: cannot read the pickle: {e}") from None
+
+
+def _read_pickle_bytes(path: Path, zf: zipfile.ZipFile, name: str) -> bytes:
+    """data.pkl's bytes, checked against its declared size and CRC (a compressed entry cannot
+    expand past the size its header declares)."""
+    info = zf.getinfo(name)
+    if info.flag_bits & _ZIP_ENCRYPTED:
+        raise ConvertError(f"{path}: {name} is encrypted (torch never writes that: damaged or hostile archive)")
+    if info.file_size > _MAX_PICKLE_BYTES:
+        raise ConvertError(f"{path}: {name} declares {info.file_size:,} bytes; a state dict's pickle is far smaller "
+                           f"(damaged or hostile archive)")
+    try:
+        with zf.open(info) as f:
+            data = f.read(info.file_size)
+            if len(data) != info.file_size or f.read(1):
+                raise ConvertError(f"{path}: {name} does not have the {info.file_size:,} bytes its header declares "
+                                   f"(damaged or hostile archive)")
+    except (OSError, *_ZIP_ERRORS) as e:
+        raise ConvertError(f"{path}: {name} cannot be read ({e}; damaged file?)") from None
+    return data
 
 
 def is_torch_zip(path: str | os.PathLike[str]) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             return any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except (OSError, *_ZIP_ERRORS):
         return False
 
 
-def _entry_data_offset(f: Any, info: zipfile.ZipInfo) -> int:
+def _entry_data_offset(path: Path, f: Any, info: zipfile.ZipInfo) -> int:
     f.seek(info.header_offset)
     local = f.read(30)
     if len(local) < 30 or local[:4] != b"PK\x03\x04":
-        raise ConvertError(f"bad local header for zip entry {info.filename}")
+        raise ConvertError(f"{path}: bad local header for zip entry {info.filename}")
     name_len, extra_len = struct.unpack("<HH", local[26:30])
     return info.header_offset + 30 + name_len + extra_len
 
@@ -181,7 +233,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
+    except (OSError, *_ZIP_ERRORS) as e:
         with open(path, "rb") as f:
             if f.read(4) == b"PK\x03\x04":
                 raise ConvertError(f"{path}: a zip archive without its central directory (truncated file?)") from e
@@ -193,29 +245,38 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ConvertError(f"{path}: not a torch zip archive (no single data.pkl)")
         prefix = pkl_names[0][: -len("data.pkl")]
         byteorder = f"{prefix}byteorder"
-        if byteorder in zf.namelist() and zf.read(byteorder).strip() not in (b"little", b""):
+        if byteorder in zf.namelist() and _read_pickle_bytes(path, zf, byteorder).strip() not in (b"little", b""):
             raise ConvertError(f"{path}: big-endian torch archives are not supported")
+        pickle_bytes = _read_pickle_bytes(path, zf, pkl_names[0])
+        _check_opcodes(path, pickle_bytes)
         try:
-            obj = _RestrictedUnpickler(zf.open(pkl_names[0])).load()
+            obj = _RestrictedUnpickler(io.BytesIO(pickle_bytes)).load()
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as e:
             raise ConvertError(f"{path}: cannot read the pickle: {e}") from e
         infos = {i.filename: i for i in zf.infolist()}
+        visited = 0
         with open(path, "rb") as f:
-            def resolve(name: str, value: Any) -> Any:
+            def resolve(name: str, value: Any, depth: int = 0) -> Any:
+                nonlocal visited
+                visited += 1
+                if depth > _MAX_DEPTH or visited > _MAX_VALUES:
+                    raise ConvertError(f"{path}: the pickle nests more than {_MAX_DEPTH} levels or holds more than "
+                                       f"{_MAX_VALUES:,} values (not a state dict; hostile file?)")
                 if isinstance(value, _PendingTensor):
                     info = infos.get(f"{prefix}data/{value.storage.key}")
                     if info is None:
                         raise ConvertError(f"{path}: tensor {name!r}: storage {value.storage.key} is missing")
-                    if info.compress_type != zipfile.ZIP_STORED:
-                        raise ConvertError(f"{path}: tensor {name!r}: storage {value.storage.key} is compressed")
+                    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & _ZIP_ENCRYPTED:
+                        raise ConvertError(f"{path}: tensor {name!r}: storage {value.storage.key} is compressed "
+                                           f"or encrypted")
                     if info.file_size < value.storage.numel * value.storage.np_dtype.itemsize:
                         raise ConvertError(f"{path}: tensor {name!r}: storage {value.storage.key} is truncated")
-                    return TorchTensor(path, name, value.storage, _entry_data_offset(f, info), value.storage_offset,
-                                       value.shape, value.stride)
+                    return TorchTensor(path, name, value.storage, _entry_data_offset(path, f, info),
+                                       value.storage_offset, value.shape, value.stride)
                 if isinstance(value, dict):
-                    return {k: resolve(f"{name}.{k}" if name else str(k), v) for k, v in value.items()}
+                    return {k: resolve(f"{name}.{k}" if name else str(k), v, depth + 1) for k, v in value.items()}
                 if isinstance(value, (list, tuple)):
-                    return type(value)(resolve(f"{name}.{i}", v) for i, v in enumerate(value))
+                    return type(value)(resolve(f"{name}.{i}", v, depth + 1) for i, v in enumerate(value))
                 return value
 
             resolved = resolve("", obj)
