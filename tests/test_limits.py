@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tiny_klein
 from conftest import SMALL
@@ -138,6 +139,17 @@ def test_weighting_syntax_gone_wrong_generates(demo_pipeline):
     # The longest prompt the engine accepts, all plain text (the regex parser overflowed on ~30 KB).
     image = demo_pipeline("a red fox " * (MAX_PROMPT_BYTES // 10), seed=1, **SMALL)
     assert image.size == (64, 64)
+
+
+def test_the_text_encoder_reads_the_first_512_tokens_as_diffusers_does(demo_pipeline):
+    """klein's pipeline in diffusers truncates the templated prompt to 512 tokens (patch 0055), so
+    words past that point cannot change the image, while the same words in a short prompt do."""
+    long_prompt = "a red fox " * 300  # about 900 tokens
+    tail = " and a blue whale in a storm"
+    images = [np.asarray(demo_pipeline(p, seed=3, **SMALL)) for p in (long_prompt, long_prompt + tail, "a red fox",
+                                                                     "a red fox" + tail)]
+    assert np.array_equal(images[0], images[1])
+    assert not np.array_equal(images[2], images[3])
 
 
 BAD_PROMPTS = [
