@@ -36,6 +36,23 @@ def upstream_cache_dir() -> Path:
 SMALL = {"width": 64, "height": 64, "steps": 1}
 
 
+def run_cli(*args: str) -> tuple[int, str]:
+    """`bonsai-sd ARGS` in this process: (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from bonsai_sd import cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            cli.main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = int(e.code or 0)
+    return code, err.getvalue()
+
+
 @pytest.fixture(scope="session")
 def demo_pipeline():
     """The packaged demo model, loaded once. One thread and flash attention: fastest on a small,

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiny_klein
-from conftest import SMALL
+from conftest import SMALL, run_cli
 
 import bonsai_sd
-from bonsai_sd import _core, _sdcli, cli
+from bonsai_sd import _core, _sdcli
 from bonsai_sd.pipeline import MAX_PROMPT_BYTES
 
 pytestmark = pytest.mark.slow
@@ -180,20 +180,6 @@ BAD_PARAMETERS = [
 def test_bad_parameters_raise_before_the_engine(demo_pipeline, changes, error, message):
     with pytest.raises(error, match=message):
         demo_pipeline("a cat", **{**SMALL, **changes})
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            cli.main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-    return code, err.getvalue()
 
 
 @pytest.mark.parametrize(("args", "message"), [

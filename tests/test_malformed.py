@@ -20,8 +20,6 @@ for converter sources, by the converter. """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -31,10 +29,10 @@ from pathlib import Path
 import malformed_models as mm
 import pytest
 import tiny_klein
-from conftest import SMALL
+from conftest import SMALL, run_cli
 
 import bonsai_sd
-from bonsai_sd import _core, cli
+from bonsai_sd import _core
 from bonsai_sd.convert import ConvertError
 from bonsai_sd.images import ReferenceImageError
 from bonsai_sd.modelfiles import ModelFileError
@@ -69,18 +67,6 @@ class Findings:
     def check(self) -> None:
         assert self.runs > 0
         assert not self.problems, f"{len(self.problems)} problems:\n" + "\n".join(self.problems)
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    """`bonsai-sd ARGS` in this process: (exit status, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            cli.main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-    return code, err.getvalue()
 
 
 def check_cli(findings: Findings, case: mm.Case, path: Path, entry: str, code: int, stderr: str,
