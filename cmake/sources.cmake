@@ -28,7 +28,8 @@ if(TARGET ggml-cuda)
         "${_cuda}/lowbit-cuda-gemm.cu"
         "${_cuda}/lowbit-ggml-cuda.cu"
         "${_cuda}/cuda-op-profile.cu"
-        "${_cuda}/cuda-im2col.cu")
+        "${_cuda}/cuda-im2col.cu"
+        "${_cuda}/cuda-group-norm.cu")
     target_include_directories(ggml-cuda PRIVATE "${_cuda}" "${_lowbit}" "${BONSAI_SD_UPSTREAM_SRC}/ggml/src/ggml-cuda")
     enable_language(CUDA)
     if(CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.0)
