@@ -34,7 +34,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def make_image(device: str, size: int, out: Path, env: dict[str, str]) -> np.ndarray:
-    code = ("import sys, numpy as np, bonsai_sd; "
+    # bonsai_sd before numpy: the other order crashed CUDA loads there (README, Known problems).
+    code = ("import bonsai_sd, sys, numpy as np; "
             "p = bonsai_sd.Pipeline.demo(device=sys.argv[1]); "
             "np.save(sys.argv[3], np.asarray(p('a red fox under paper lanterns', width=int(sys.argv[2]), "
             "height=int(sys.argv[2]), steps=4, seed=42)))")
