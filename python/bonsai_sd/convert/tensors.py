@@ -228,12 +228,10 @@ def classify_groups(values: np.ndarray) -> Weights | None:
     return None
 
 
-class FloatMasterLinear:
-    """A 16-bit linear whose values are exactly {-s, 0, +s} (ternary) or {-s, +s} (binary) per
-    128-group: requantized exactly, refusing any group that is not."""
+class _DenseLowbitLinear:
+    """A 16-bit linear of the source that is written as a low-bit type (packed_rows: the subclass's)."""
 
     lowbit = True
-    exact = True
 
     def __init__(self, name: str, ref: TensorRef, weights: Weights, where: str):
         self.dense = DenseSource(name, ref, where)
@@ -242,6 +240,13 @@ class FloatMasterLinear:
 
     def float_rows(self, start: int, stop: int) -> np.ndarray:
         return self.dense.float_rows(start, stop)
+
+
+class FloatMasterLinear(_DenseLowbitLinear):
+    """A 16-bit linear whose values are exactly {-s, 0, +s} (ternary) or {-s, +s} (binary) per
+    128-group: requantized exactly, refusing any group that is not."""
+
+    exact = True
 
     def packed_rows(self, start: int, stop: int) -> PackedRows:
         x = self.float_rows(start, stop)
@@ -260,21 +265,12 @@ class FloatMasterLinear:
         return PackedRows(self.weights, pack_codes(codes, self.weights), d)
 
 
-class LossyLinear:
+class LossyLinear(_DenseLowbitLinear):
     """Post-training quantization of a 16-bit linear, per 128-group along the input:
     binary d = mean |x|, bit = (x >= 0); ternary ("absmean", as BitNet b1.58)
     d = mean |x|, code = clamp(round(x / d), -1, 1) + 1. Lossy by construction."""
 
-    lowbit = True
     exact = False
-
-    def __init__(self, name: str, ref: TensorRef, weights: Weights, where: str):
-        self.dense = DenseSource(name, ref, where)
-        self.name, self.shape, self.weights, self.where = name, self.dense.shape, weights, where
-        self.chunk_rows = self.dense.chunk_rows
-
-    def float_rows(self, start: int, stop: int) -> np.ndarray:
-        return self.dense.float_rows(start, stop)
 
     def packed_rows(self, start: int, stop: int) -> PackedRows:
         x = self.float_rows(start, stop)
