@@ -12,26 +12,11 @@
 #include <new>
 #include <string>
 
+#include "guarded.h"
 #include "memory-checks.h"
 #include "util.h"
 
 namespace {
-
-template <typename Result, typename Fn>
-Result guarded(const char* what, Result failure, Fn&& fn) {
-    try {
-        return fn();
-    } catch (const bonsai::OutOfMemory& e) {
-        LOG_ERROR("%s failed: %s", what, e.what());
-    } catch (const std::bad_alloc&) {
-        LOG_ERROR("%s failed: out of memory", what);
-    } catch (const std::exception& e) {
-        LOG_ERROR("%s failed: %s", what, e.what());
-    } catch (...) {
-        LOG_ERROR("%s failed: unknown error", what);
-    }
-    return failure;
-}
 
 constexpr int kMaxSide          = 16384;  // per image side, generated or given as a reference
 constexpr int kMaxSteps         = 10000;
@@ -123,11 +108,11 @@ std::string check_request(const sd_img_gen_params_t& p) {
 }  // namespace
 
 sd_ctx_t* new_sd_ctx(const sd_ctx_params_t* sd_ctx_params) {
-    return guarded<sd_ctx_t*>("loading the model", nullptr, [&] { return new_sd_ctx_unguarded(sd_ctx_params); });
+    return bonsai::guarded<sd_ctx_t*>("loading the model", nullptr, [&] { return new_sd_ctx_unguarded(sd_ctx_params); });
 }
 
 sd_image_t* generate_image(sd_ctx_t* sd_ctx, const sd_img_gen_params_t* sd_img_gen_params) {
-    return guarded<sd_image_t*>("generating the image", nullptr, [&]() -> sd_image_t* {
+    return bonsai::guarded<sd_image_t*>("generating the image", nullptr, [&]() -> sd_image_t* {
         if (sd_ctx != nullptr && sd_img_gen_params != nullptr) {
             const std::string error = check_request(*sd_img_gen_params);
             if (!error.empty()) {
@@ -141,7 +126,7 @@ sd_image_t* generate_image(sd_ctx_t* sd_ctx, const sd_img_gen_params_t* sd_img_g
 
 bool convert(const char* input_path, const char* vae_path, const char* output_path, sd_type_t output_type,
              const char* tensor_type_rules, bool convert_name) {
-    return guarded<bool>("converting the model", false, [&] {
+    return bonsai::guarded<bool>("converting the model", false, [&] {
         return convert_unguarded(input_path, vae_path, output_path, output_type, tensor_type_rules, convert_name);
     });
 }

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "generation-taps-internal.h"
+#include "guarded.h"
 #include "util.h"
 
 namespace {
@@ -132,20 +133,6 @@ bool check_weights_loaded(const bonsai::ModelFacts& facts, const char* what) {
     return true;
 }
 
-template <typename Fn>
-bool guarded(const char* what, Fn&& fn) {
-    try {
-        return fn();
-    } catch (const std::bad_alloc&) {
-        LOG_ERROR("%s failed: out of memory", what);
-    } catch (const std::exception& e) {
-        LOG_ERROR("%s failed: %s", what, e.what());
-    } catch (...) {
-        LOG_ERROR("%s failed: unknown error", what);
-    }
-    return false;
-}
-
 struct ActivateTaps {
     explicit ActivateTaps(ActiveTaps* taps) { t_active = taps; }
     ~ActivateTaps() { t_active = nullptr; }
@@ -215,7 +202,7 @@ sd_image_t* bonsai_generate_image_tapped(sd_ctx_t* sd_ctx, const sd_img_gen_para
     active.taps           = taps;
     const bool has_noise  = taps->noise.data != nullptr;
     const bool has_embeds = taps->prompt_embeds.data != nullptr;
-    bool ok               = guarded("preparing the generation's inputs", [&] {
+    bool ok               = bonsai::guarded("preparing the generation's inputs", false, [&] {
         if (!has_noise && !has_embeds) {
             return true;
         }
@@ -255,7 +242,7 @@ sd_image_t* bonsai_generate_image_tapped(sd_ctx_t* sd_ctx, const sd_img_gen_para
 }
 
 bool bonsai_sample_sigmas(sd_ctx_t* sd_ctx, const sd_img_gen_params_t* params, bonsai_tensor_t* sigmas) {
-    return guarded("planning the sampling", [&] {
+    return bonsai::guarded("planning the sampling", false, [&] {
         if (sd_ctx == nullptr || params == nullptr || sigmas == nullptr) {
             return false;
         }
@@ -270,7 +257,7 @@ bool bonsai_sample_sigmas(sd_ctx_t* sd_ctx, const sd_img_gen_params_t* params, b
 
 bool bonsai_diffusion_forward(sd_ctx_t* sd_ctx, bonsai_tensor_view_t x, float sigma,
                               bonsai_tensor_view_t prompt_embeds, bonsai_tensor_t* out) {
-    return guarded("the diffusion model forward", [&] {
+    return bonsai::guarded("the diffusion model forward", false, [&] {
         bonsai::ModelFacts facts;
         if (out == nullptr || !flux2_facts(sd_ctx, "diffusion_forward", &facts) ||
             !check_weights_loaded(facts, "diffusion_forward") || !check_latent(x, "x", facts) ||
@@ -292,7 +279,7 @@ bool bonsai_diffusion_forward(sd_ctx_t* sd_ctx, bonsai_tensor_view_t x, float si
 }
 
 bool bonsai_decode_latent(sd_ctx_t* sd_ctx, bonsai_tensor_view_t latent, bonsai_tensor_t* image) {
-    return guarded("decoding the latent", [&] {
+    return bonsai::guarded("decoding the latent", false, [&] {
         bonsai::ModelFacts facts;
         if (image == nullptr || !flux2_facts(sd_ctx, "decode_latent", &facts) ||
             !check_weights_loaded(facts, "decode_latent") || !check_latent(latent, "latent", facts)) {
