@@ -29,7 +29,8 @@ if(TARGET ggml-cuda)
         "${_cuda}/lowbit-ggml-cuda.cu"
         "${_cuda}/cuda-op-profile.cu"
         "${_cuda}/cuda-im2col.cu"
-        "${_cuda}/cuda-group-norm.cu")
+        "${_cuda}/cuda-group-norm.cu"
+        "${_cuda}/cuda-fused-elementwise.cu")
     target_include_directories(ggml-cuda PRIVATE "${_cuda}" "${_lowbit}" "${BONSAI_SD_UPSTREAM_SRC}/ggml/src/ggml-cuda")
     enable_language(CUDA)
     if(CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.0)
@@ -60,5 +61,6 @@ target_sources(stable-diffusion PRIVATE
     "${_sdcpp}/prompt-attention.cpp"
     "${_sdcpp}/memory-checks.cpp"
     "${_sdcpp}/api-guards.cpp"
-    "${_sdcpp}/generation-taps.cpp")
+    "${_sdcpp}/generation-taps.cpp"
+    "${_sdcpp}/rope-positions.cpp")
 target_include_directories(stable-diffusion PRIVATE "${_sdcpp}" "${_lowbit}")

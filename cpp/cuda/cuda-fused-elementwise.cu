@@ -1,0 +1,325 @@
+// FLUX's elementwise steps fused, and ROPE on short rows: see cuda-fused-elementwise.h.
+
+#include "cuda-fused-elementwise.h"
+
+#include "common.cuh"  // ggml-cuda: ggml_backend_cuda_context, CUDA_CHECK; ggml-impl.h: use counts
+
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+constexpr int NORM_THREADS = 256;
+constexpr int ELEMENTWISE_THREADS = 256;
+
+bool env_set(const char * name) {
+    const char * value = std::getenv(name);
+    return value != nullptr && value[0] != '\0' && value[0] != '0';
+}
+
+// A node that computes nothing: ggml-cuda skips it too.
+bool is_no_op(const ggml_tensor * node) {
+    return ggml_is_empty(node) || node->op == GGML_OP_RESHAPE || node->op == GGML_OP_TRANSPOSE ||
+           node->op == GGML_OP_VIEW || node->op == GGML_OP_PERMUTE || node->op == GGML_OP_NONE;
+}
+
+// The index of the next node after i that computes something, or -1.
+int next_computing(const ggml_cgraph * cgraph, int i) {
+    for (int j = i + 1; j < cgraph->n_nodes; ++j) {
+        if (!is_no_op(cgraph->nodes[j])) {
+            return j;
+        }
+    }
+    return -1;
+}
+
+// Node j is an intermediate of a run: computed, used only `uses` times (all inside the run), not
+// an output the graph's caller reads.
+bool internal_node(const ggml_cgraph * cgraph, int j, int uses) {
+    const ggml_tensor * node = cgraph->nodes[j];
+    return (node->flags & GGML_TENSOR_FLAG_COMPUTE) != 0 && (node->flags & GGML_TENSOR_FLAG_OUTPUT) == 0 &&
+           ggml_node_get_use_count(cgraph, j) == uses;
+}
+
+bool is_f32_with_unit_stride(const ggml_tensor * t) {
+    return t->type == GGML_TYPE_F32 && t->nb[0] == sizeof(float);
+}
+
+// The bytes a tensor's elements span.
+void byte_range(const ggml_tensor * t, const char *& begin, const char *& end) {
+    begin = static_cast<const char *>(t->data);
+    end = begin + ggml_nbytes(t);
+}
+
+bool overlap(const ggml_tensor * a, const ggml_tensor * b) {
+    const char *a0, *a1, *b0, *b1;
+    byte_range(a, a0, a1);
+    byte_range(b, b0, b1);
+    return a0 < b1 && b0 < a1;
+}
+
+// The kernels write `out` while reading `in`: safe when they do not share bytes, or when both are
+// the same contiguous tensor (each value is read before its own slot is written).
+bool safe_to_stream(const ggml_tensor * in, const ggml_tensor * out) {
+    if (!overlap(in, out)) {
+        return true;
+    }
+    return in->data == out->data && ggml_is_contiguous(in) && ggml_is_contiguous(out) && ggml_are_same_shape(in, out);
+}
+
+// Strides in floats and broadcast extents of an operand of a binary op.
+struct Operand {
+    const float * data;
+    int64_t ne1, ne2, ne3;
+    int64_t s1, s2, s3;
+};
+
+Operand operand(const ggml_tensor * t) {
+    return {static_cast<const float *>(t->data), t->ne[1], t->ne[2], t->ne[3],
+            static_cast<int64_t>(t->nb[1] / sizeof(float)), static_cast<int64_t>(t->nb[2] / sizeof(float)),
+            static_cast<int64_t>(t->nb[3] / sizeof(float))};
+}
+
+__device__ const float * broadcast_row(const Operand & op, int64_t i1, int64_t i2, int64_t i3) {
+    return op.data + (i1 % op.ne1) * op.s1 + (i2 % op.ne2) * op.s2 + (i3 % op.ne3) * op.s3;
+}
+
+__device__ float block_sum(float v, float * shared) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        v += __shfl_xor_sync(0xffffffff, v, offset);
+    }
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (lane == 0) {
+        shared[warp] = v;
+    }
+    __syncthreads();
+    v = lane < NORM_THREADS / 32 ? shared[lane] : 0.0f;
+    for (int offset = 16; offset > 0; offset /= 2) {
+        v += __shfl_xor_sync(0xffffffff, v, offset);
+    }
+    __syncthreads();  // shared is reused by the next call
+    return v;
+}
+
+// One block per row: mean, then the variance around it (two passes over the row, which stays in
+// L1), then y = (n + n*scale) + shift with n = (x - mean) / sqrt(var + eps), as the NORM, MUL,
+// ADD, ADD nodes round it.
+__global__ void norm_modulate(const float * __restrict__ x, int64_t ne0, int64_t ne1, int64_t ne2,
+                              int64_t sx1, int64_t sx2, int64_t sx3, Operand scale, Operand shift, float eps,
+                              float * __restrict__ y) {
+    __shared__ float shared[NORM_THREADS / 32];
+    const int64_t row = blockIdx.x;
+    const int64_t i1 = row % ne1;
+    const int64_t i2 = (row / ne1) % ne2;
+    const int64_t i3 = row / (ne1 * ne2);
+    const float * xr = x + i1 * sx1 + i2 * sx2 + i3 * sx3;
+    float * yr = y + row * ne0;
+
+    float sum = 0.0f;
+    for (int64_t c = threadIdx.x; c < ne0; c += NORM_THREADS) {
+        sum += xr[c];
+    }
+    const float mean = block_sum(sum, shared) / ne0;
+    float squares = 0.0f;
+    for (int64_t c = threadIdx.x; c < ne0; c += NORM_THREADS) {
+        const float d = xr[c] - mean;
+        squares += d * d;
+    }
+    const float rstd = rsqrtf(block_sum(squares, shared) / ne0 + eps);
+
+    const float * scale_row = broadcast_row(scale, i1, i2, i3);
+    const float * shift_row = broadcast_row(shift, i1, i2, i3);
+    for (int64_t c = threadIdx.x; c < ne0; c += NORM_THREADS) {
+        const float n = __fmul_rn(xr[c] - mean, rstd);
+        const float a = __fadd_rn(n, __fmul_rn(n, scale_row[c]));
+        yr[c] = __fadd_rn(a, shift_row[c]);
+    }
+}
+
+// y = x + out*gate over contiguous x, out and y; gate broadcast by rows.
+__global__ void gated_residual(const float * __restrict__ x, const float * __restrict__ out, Operand gate,
+                               int64_t ne0, int64_t ne1, int64_t ne2, int64_t n, float * y) {
+    for (int64_t idx = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; idx < n; idx += (int64_t) gridDim.x * blockDim.x) {
+        const int64_t c = idx % ne0;
+        const int64_t row = idx / ne0;
+        const int64_t i1 = row % ne1;
+        const int64_t i2 = (row / ne1) % ne2;
+        const int64_t i3 = row / (ne1 * ne2);
+        const float g = broadcast_row(gate, i1, i2, i3)[c];
+        y[idx] = __fadd_rn(x[idx], __fmul_rn(out[idx], g));
+    }
+}
+
+// The operand of a binary node that is not `other`.
+const ggml_tensor * other_operand(const ggml_tensor * node, const ggml_tensor * other) {
+    if (node->src[0] == other) {
+        return node->src[1];
+    }
+    if (node->src[1] == other) {
+        return node->src[0];
+    }
+    return nullptr;
+}
+
+int fuse_modulation(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
+    const ggml_tensor * norm = cgraph->nodes[i];
+    const ggml_tensor * x = norm->src[0];
+    if (norm->op != GGML_OP_NORM || !is_f32_with_unit_stride(x) || norm->type != GGML_TYPE_F32) {
+        return 0;
+    }
+    const int j_mul = next_computing(cgraph, i);
+    if (j_mul < 0 || cgraph->nodes[j_mul]->op != GGML_OP_MUL || cgraph->nodes[j_mul]->src[0] != norm) {
+        return 0;
+    }
+    const ggml_tensor * mul = cgraph->nodes[j_mul];
+    const int j_add = next_computing(cgraph, j_mul);
+    if (j_add < 0 || cgraph->nodes[j_add]->op != GGML_OP_ADD || other_operand(cgraph->nodes[j_add], norm) != mul) {
+        return 0;
+    }
+    const ggml_tensor * add = cgraph->nodes[j_add];
+    const int j_out = next_computing(cgraph, j_add);
+    if (j_out < 0 || cgraph->nodes[j_out]->op != GGML_OP_ADD || cgraph->nodes[j_out]->src[0] != add) {
+        return 0;
+    }
+    ggml_tensor * y = cgraph->nodes[j_out];
+    const ggml_tensor * scale = mul->src[1];
+    const ggml_tensor * shift = y->src[1];
+    if (!internal_node(cgraph, i, 2) || !internal_node(cgraph, j_mul, 1) || !internal_node(cgraph, j_add, 1) ||
+        (y->flags & GGML_TENSOR_FLAG_COMPUTE) == 0) {
+        return 0;
+    }
+    if (!is_f32_with_unit_stride(scale) || !is_f32_with_unit_stride(shift) || mul->type != GGML_TYPE_F32 ||
+        add->type != GGML_TYPE_F32 || y->type != GGML_TYPE_F32 || !ggml_is_contiguous(y) ||
+        !ggml_are_same_shape(y, x) || !ggml_can_repeat(scale, x) || !ggml_can_repeat(shift, x)) {
+        return 0;
+    }
+    // Each block reads its whole row before writing it, so y may be x itself, not a shifted part of it.
+    if (!safe_to_stream(x, y) || overlap(scale, y) || overlap(shift, y)) {
+        return 0;
+    }
+    float eps;
+    memcpy(&eps, norm->op_params, sizeof(float));
+    const int64_t rows = x->ne[1] * x->ne[2] * x->ne[3];
+    norm_modulate<<<rows, NORM_THREADS, 0, ctx.stream()>>>(
+        static_cast<const float *>(x->data), x->ne[0], x->ne[1], x->ne[2], x->nb[1] / sizeof(float),
+        x->nb[2] / sizeof(float), x->nb[3] / sizeof(float), operand(scale), operand(shift), eps,
+        static_cast<float *>(y->data));
+    CUDA_CHECK(cudaGetLastError());
+    return j_out - i;
+}
+
+int fuse_gated_residual(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
+    const ggml_tensor * mul = cgraph->nodes[i];
+    if (mul->op != GGML_OP_MUL) {
+        return 0;
+    }
+    const int j_add = next_computing(cgraph, i);
+    if (j_add < 0 || cgraph->nodes[j_add]->op != GGML_OP_ADD) {
+        return 0;
+    }
+    ggml_tensor * y = cgraph->nodes[j_add];
+    const ggml_tensor * x = other_operand(y, mul);
+    const ggml_tensor * out = mul->src[0];
+    const ggml_tensor * gate = mul->src[1];
+    if (x == nullptr || x == mul || !internal_node(cgraph, i, 1) || (y->flags & GGML_TENSOR_FLAG_COMPUTE) == 0) {
+        return 0;
+    }
+    if (y->type != GGML_TYPE_F32 || mul->type != GGML_TYPE_F32 || x->type != GGML_TYPE_F32 ||
+        out->type != GGML_TYPE_F32 || !is_f32_with_unit_stride(gate) || !ggml_is_contiguous(x) ||
+        !ggml_is_contiguous(out) || !ggml_is_contiguous(y) || !ggml_are_same_shape(x, y) ||
+        !ggml_are_same_shape(out, y) || !ggml_can_repeat(gate, out)) {
+        return 0;
+    }
+    if (!safe_to_stream(x, y) || !safe_to_stream(out, y) || overlap(gate, y)) {
+        return 0;
+    }
+    const int64_t n = ggml_nelements(y);
+    const int64_t blocks = std::min<int64_t>((n + ELEMENTWISE_THREADS - 1) / ELEMENTWISE_THREADS, 65535LL * 16);
+    gated_residual<<<blocks, ELEMENTWISE_THREADS, 0, ctx.stream()>>>(
+        static_cast<const float *>(x->data), static_cast<const float *>(out->data), operand(gate), y->ne[0], y->ne[1],
+        y->ne[2], n, static_cast<float *>(y->data));
+    CUDA_CHECK(cudaGetLastError());
+    return j_add - i;
+}
+
+// One thread per rotated pair; a warp's pairs follow each other along dims 0 and 2 (FLUX's
+// (token, axis) runs are adjacent in memory), then dims 1 and 3.
+__global__ void rope_pairs(const float * x, float * dst, int64_t half, int64_t ne1, int64_t ne2, int64_t ne3,
+                           int64_t sx1, int64_t sx2, int64_t sx3, int64_t sd1, int64_t sd2, int64_t sd3,
+                           const int32_t * __restrict__ pos, float theta_scale) {
+    const int64_t n = half * ne1 * ne2 * ne3;
+    for (int64_t idx = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; idx < n; idx += (int64_t) gridDim.x * blockDim.x) {
+        const int64_t pair = idx % half;
+        int64_t rest = idx / half;
+        const int64_t i2 = rest % ne2;
+        rest /= ne2;
+        const int64_t i1 = rest % ne1;
+        const int64_t i3 = rest / ne1;
+        // ggml's formula and functions (rope.cu), so the angles match its kernel's
+        const float theta = pos[i2] * powf(theta_scale, (float) pair);
+        const float cos_theta = cosf(theta);
+        const float sin_theta = sinf(theta);
+        const float2 v = *reinterpret_cast<const float2 *>(x + i1 * sx1 + i2 * sx2 + i3 * sx3 + 2 * pair);
+        *reinterpret_cast<float2 *>(dst + i1 * sd1 + i2 * sd2 + i3 * sd3 + 2 * pair) =
+            make_float2(v.x * cos_theta - v.y * sin_theta, v.x * sin_theta + v.y * cos_theta);
+    }
+}
+
+}  // namespace
+
+int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
+    static const bool unfused = env_set("BONSAI_SD_CUDA_UNFUSED");
+    if (unfused) {
+        return 0;
+    }
+    switch (cgraph->nodes[i]->op) {
+        case GGML_OP_NORM:
+            return fuse_modulation(ctx, cgraph, i);
+        case GGML_OP_MUL:
+            return fuse_gated_residual(ctx, cgraph, i);
+        default:
+            return 0;
+    }
+}
+
+bool bonsai_cuda_rope(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    static const bool upstream = env_set("BONSAI_SD_CUDA_UPSTREAM_ROPE");
+    const ggml_tensor * x = dst->src[0];
+    const ggml_tensor * pos = dst->src[1];
+    if (upstream || dst->op != GGML_OP_ROPE || dst->src[2] != nullptr || x->type != GGML_TYPE_F32 ||
+        dst->type != GGML_TYPE_F32 || pos->type != GGML_TYPE_I32 || x->nb[0] != sizeof(float) ||
+        dst->nb[0] != sizeof(float) || x->ne[0] % 2 != 0) {
+        return false;
+    }
+    const int32_t * params = static_cast<const int32_t *>(dst->op_params);
+    const int n_dims = params[1];
+    const int mode = params[2];
+    float freq_base, freq_scale, ext_factor, attn_factor;
+    memcpy(&freq_base, params + 5, sizeof(float));
+    memcpy(&freq_scale, params + 6, sizeof(float));
+    memcpy(&ext_factor, params + 7, sizeof(float));
+    memcpy(&attn_factor, params + 8, sizeof(float));
+    if (mode != 0 || n_dims != x->ne[0] || freq_scale != 1.0f || ext_factor != 0.0f || attn_factor != 1.0f) {
+        return false;
+    }
+    // Every thread must see its pair's old values before any other thread writes: true when
+    // dst is x itself (each thread reads and writes its own pair) or does not touch it.
+    if (x->data != dst->data && overlap(x, dst)) {
+        return false;
+    }
+    if (x->data == dst->data && (x->nb[1] != dst->nb[1] || x->nb[2] != dst->nb[2] || x->nb[3] != dst->nb[3])) {
+        return false;
+    }
+    const int64_t half = x->ne[0] / 2;
+    const int64_t n = half * x->ne[1] * x->ne[2] * x->ne[3];
+    const int64_t blocks = std::min<int64_t>((n + ELEMENTWISE_THREADS - 1) / ELEMENTWISE_THREADS, 65535LL * 16);
+    const float theta_scale = powf(freq_base, -2.0f / n_dims);
+    const size_t f = sizeof(float);
+    rope_pairs<<<blocks, ELEMENTWISE_THREADS, 0, ctx.stream()>>>(
+        static_cast<const float *>(x->data), static_cast<float *>(dst->data), half, x->ne[1], x->ne[2], x->ne[3],
+        x->nb[1] / f, x->nb[2] / f, x->nb[3] / f, dst->nb[1] / f, dst->nb[2] / f, dst->nb[3] / f,
+        static_cast<const int32_t *>(pos->data), theta_scale);
+    CUDA_CHECK(cudaGetLastError());
+    return true;
+}

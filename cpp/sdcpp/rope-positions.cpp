@@ -1,0 +1,85 @@
+#include "rope-positions.h"
+
+#include <cmath>
+#include <cstdlib>
+
+namespace bonsai {
+
+bool rope_positions_from_ids(const std::vector<std::vector<float>>& ids,
+                             const std::vector<int>& axes_dim,
+                             std::vector<int32_t>& positions) {
+    const char* upstream = std::getenv("BONSAI_SD_UPSTREAM_ROPE");
+    if (upstream != nullptr && upstream[0] != '\0' && upstream[0] != '0') {
+        return false;
+    }
+    if (axes_dim.empty() || axes_dim[0] <= 0 || axes_dim[0] % 2 != 0) {
+        return false;
+    }
+    for (int d : axes_dim) {
+        if (d != axes_dim[0]) {
+            return false;
+        }
+    }
+    const size_t n_axes = axes_dim.size();
+    positions.assign(ids.size() * n_axes, 0);
+    for (size_t t = 0; t < ids.size(); ++t) {
+        if (ids[t].size() < n_axes) {
+            return false;
+        }
+        for (size_t a = 0; a < n_axes; ++a) {
+            const float p = ids[t][a];
+            if (!(std::fabs(p) <= 16777216.f) || p != std::nearbyint(p)) {
+                return false;
+            }
+            positions[t * n_axes + a] = static_cast<int32_t>(p);
+        }
+    }
+    return true;
+}
+
+// The ROPE node over x laid out [d_head, L, n_head * N] (contiguous): ne = [axis_dim, heads,
+// L * n_axes] with the heads at their stride and the (token, axis) runs at axis_dim apart.
+static ggml_tensor* rope_in_place(ggml_context* ctx, ggml_tensor* x, const RopePositions& rope) {
+    const int64_t d_head = x->ne[0];
+    const int64_t L      = x->ne[1];
+    const int64_t heads  = x->ne[2];
+    ggml_tensor* runs    = ggml_view_3d(ctx, x, rope.axis_dim, heads, L * rope.n_axes,
+                                        x->nb[2], static_cast<size_t>(rope.axis_dim) * x->nb[0], 0);
+    ggml_tensor* rotated = ggml_rope_ext_inplace(ctx, runs, rope.positions, nullptr, rope.axis_dim,
+                                                 0 /* normal: adjacent pairs */, 0, rope.theta,
+                                                 1.f, 0.f, 1.f, 0.f, 0.f);
+    // The same bytes as x again; a view of the ROPE node, so whatever reads it runs after it.
+    return ggml_view_3d(ctx, rotated, d_head, L, heads, x->nb[1], x->nb[2], 0);
+}
+
+bool rope_positions_supported(ggml_backend_t backend) {
+    ggml_init_params params = {8 * ggml_tensor_overhead(), nullptr, true};
+    ggml_context* ctx       = ggml_init(params);
+    if (ctx == nullptr) {
+        return false;
+    }
+    RopePositions rope;
+    rope.n_axes       = 2;
+    rope.axis_dim     = 4;
+    rope.theta        = 10000.f;
+    rope.positions    = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, 3 * rope.n_axes);
+    ggml_tensor* x    = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, 8, 3, 2);  // [d_head, L, heads]
+    ggml_tensor* out  = rope_in_place(ctx, x, rope);
+    const bool result = ggml_backend_supports_op(backend, out->src[0]);
+    ggml_free(ctx);
+    return result;
+}
+
+ggml_tensor* apply_rope_positions(ggml_context* ctx, ggml_tensor* x, const RopePositions& rope) {
+    const int64_t d_head = x->ne[0];
+    const int64_t n_head = x->ne[1];
+    const int64_t L      = x->ne[2];
+    const int64_t N      = x->ne[3];
+    GGML_ASSERT(d_head == static_cast<int64_t>(rope.n_axes) * rope.axis_dim);
+    GGML_ASSERT(rope.positions->ne[0] == L * rope.n_axes);
+    x = ggml_cont(ctx, ggml_permute(ctx, x, 0, 2, 1, 3));  // [d_head, L, n_head, N]
+    x = ggml_reshape_3d(ctx, x, d_head, L, n_head * N);
+    return rope_in_place(ctx, x, rope);
+}
+
+}  // namespace bonsai
