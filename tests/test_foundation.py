@@ -75,6 +75,33 @@ def test_bonsai_sd_info_runs():
     assert "60477fd5" in proc.stdout and "q8_0" in proc.stdout
 
 
+# Definitions only libstdc++ itself has: the locale machinery and the stream inserters.
+LIBSTDCXX_OWN_SYMBOLS = ("_ZNSt6locale", "_ZNSo9_M_insert", "_ZNKSt7num_put")
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("nm") is None, reason="ELF and binutils' nm")
+def test_libraries_export_no_libstdcxx():
+    """A toolchain that links libstdc++ statically must not export that copy: its unique symbols
+    would bind to a system libstdc++ loaded first (by numpy) and the engine would crash (seen on
+    the GPU machine; CMakeLists.txt hides static copies with --exclude-libs)."""
+    package = Path(_core.__file__).parent
+    for library in [package / "libstable-diffusion.so", Path(_core.__file__)]:
+        proc = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        exported = [line.split()[-1] for line in proc.stdout.splitlines() if line.strip()]
+        leaked = [name for name in exported if name.startswith(LIBSTDCXX_OWN_SYMBOLS)]
+        assert not leaked, f"{library.name} exports libstdc++'s own symbols: {leaked[:5]}"
+
+
+def test_generation_after_numpy_is_imported_first():
+    code = ("import numpy, bonsai_sd\n"
+            "image = bonsai_sd.Pipeline.demo()('a fox', width=64, height=64, steps=1, seed=1)\n"
+            "print(image.size)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(64, 64)" in proc.stdout
+
+
 # Ids ggml has no traits for: past the end of the table, a hole inside it, absurd values.
 UNKNOWN_TYPE_IDS = [4, 50, 77, 100, 200, 0xFFFF, 0xFFFFFFFF]
 
