@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The built-in demo model's image on CUDA against the same image on the CPU, and against CUDA with
 bonsai-sd's replacement kernels switched off (ggml's own im2col and group norm): an end-to-end
-check of the CUDA kernels, the VAE decoder's included. Each image is made in its own process (the
+check of the CUDA kernels, the VAE decoder's and the fused elementwise ones included. Each image is made in its own process (the
 kernel switches are read once per process). Needs a CUDA build.
 
     python tools/cuda_vs_cpu.py --size 256 --min-psnr 40
@@ -9,8 +9,8 @@ kernel switches are read once per process). Needs a CUDA build.
 The bound: CUDA and the CPU round activations differently (f16 and int8 on the GPU, Q8_0 on the
 CPU, sums in other orders), which moved this model's images by ~58 dB PSNR when last measured;
 40 dB is the bound of the CPU's own end-to-end test against F32 (tests/test_types_e2e.py). The
-replacement kernels compute the same values as ggml's (im2col moves values; the group norm sums in
-another order), so against ggml's kernels on CUDA the images must agree to 60 dB.
+replacement kernels compute the same values as ggml's (im2col moves values; the group norm and the
+fused modulation sum in another order), so against ggml's kernels on CUDA the images must agree to 60 dB.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-UPSTREAM_KERNELS = {"BONSAI_SD_CUDA_UPSTREAM_IM2COL": "1", "BONSAI_SD_CUDA_UPSTREAM_GROUP_NORM": "1"}
+UPSTREAM_KERNELS = {"BONSAI_SD_CUDA_UPSTREAM_IM2COL": "1", "BONSAI_SD_CUDA_UPSTREAM_GROUP_NORM": "1",
+                    "BONSAI_SD_CUDA_UNFUSED": "1", "BONSAI_SD_CUDA_UPSTREAM_ROPE": "1"}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -34,7 +35,6 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def make_image(device: str, size: int, out: Path, env: dict[str, str]) -> np.ndarray:
-    # bonsai_sd before numpy: the other order crashed CUDA loads there (README, Known problems).
     code = ("import bonsai_sd, sys, numpy as np; "
             "p = bonsai_sd.Pipeline.demo(device=sys.argv[1]); "
             "np.save(sys.argv[3], np.asarray(p('a red fox under paper lanterns', width=int(sys.argv[2]), "
