@@ -57,7 +57,7 @@ def main() -> int:
         ggml_kernels = make_image("cuda", args.size, Path(tmp) / "ggml.npy", UPSTREAM_KERNELS)
     result = {"size": args.size, "psnr_cuda_vs_cpu": psnr(cuda, cpu), "psnr_vs_ggml_kernels": psnr(cuda, ggml_kernels)}
     ok = result["psnr_cuda_vs_cpu"] >= args.min_psnr and result["psnr_vs_ggml_kernels"] >= args.min_psnr_kernels
-    result["pass"] = ok
+    result["pass"] = bool(ok)
     print(json.dumps(result))
     if args.output:
         args.output.write_text(json.dumps(result, indent=1))
