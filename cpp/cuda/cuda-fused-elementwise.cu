@@ -244,10 +244,14 @@ int fuse_gated_residual(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, i
 }
 
 // One thread per rotated pair; a warp's pairs follow each other along dims 0 and 2 (FLUX's
-// (token, axis) runs are adjacent in memory), then dims 1 and 3.
+// (token, axis) runs are adjacent in memory), then dims 1 and 3. ggml-cuda builds with
+// -use_fast_math, which turns powf, cosf and sinf into approximations whose error grows with the
+// argument (FLUX's text positions reach 511 radians); here the frequency is computed in double and
+// rounded once, the angle rounded once as the CPU's ROPE rounds it, and its sine and cosine taken in
+// double: as accurate as the CPU and the cos/sin table upstream sd.cpp builds.
 __global__ void rope_pairs(const float * x, float * dst, int64_t half, int64_t ne1, int64_t ne2, int64_t ne3,
                            int64_t sx1, int64_t sx2, int64_t sx3, int64_t sd1, int64_t sd2, int64_t sd3,
-                           const int32_t * __restrict__ pos, float theta_scale) {
+                           const int32_t * __restrict__ pos, double freq_base, int n_dims) {
     const int64_t n = half * ne1 * ne2 * ne3;
     for (int64_t idx = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; idx < n; idx += (int64_t) gridDim.x * blockDim.x) {
         const int64_t pair = idx % half;
@@ -256,13 +260,15 @@ __global__ void rope_pairs(const float * x, float * dst, int64_t half, int64_t n
         rest /= ne2;
         const int64_t i1 = rest % ne1;
         const int64_t i3 = rest / ne1;
-        // ggml's formula and functions (rope.cu), so the angles match its kernel's
-        const float theta = pos[i2] * powf(theta_scale, (float) pair);
-        const float cos_theta = cosf(theta);
-        const float sin_theta = sinf(theta);
+        const float freq = (float) pow(freq_base, -2.0 * (double) pair / n_dims);
+        const float theta = (float) pos[i2] * freq;
+        double sin_theta, cos_theta;
+        sincos((double) theta, &sin_theta, &cos_theta);
+        const float c = (float) cos_theta;
+        const float s = (float) sin_theta;
         const float2 v = *reinterpret_cast<const float2 *>(x + i1 * sx1 + i2 * sx2 + i3 * sx3 + 2 * pair);
         *reinterpret_cast<float2 *>(dst + i1 * sd1 + i2 * sd2 + i3 * sd3 + 2 * pair) =
-            make_float2(v.x * cos_theta - v.y * sin_theta, v.x * sin_theta + v.y * cos_theta);
+            make_float2(v.x * c - v.y * s, v.x * s + v.y * c);
     }
 }
 
@@ -314,12 +320,11 @@ bool bonsai_cuda_rope(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     const int64_t half = x->ne[0] / 2;
     const int64_t n = half * x->ne[1] * x->ne[2] * x->ne[3];
     const int64_t blocks = std::min<int64_t>((n + ELEMENTWISE_THREADS - 1) / ELEMENTWISE_THREADS, 65535LL * 16);
-    const float theta_scale = powf(freq_base, -2.0f / n_dims);
     const size_t f = sizeof(float);
     rope_pairs<<<blocks, ELEMENTWISE_THREADS, 0, ctx.stream()>>>(
         static_cast<const float *>(x->data), static_cast<float *>(dst->data), half, x->ne[1], x->ne[2], x->ne[3],
         x->nb[1] / f, x->nb[2] / f, x->nb[3] / f, dst->nb[1] / f, dst->nb[2] / f, dst->nb[3] / f,
-        static_cast<const int32_t *>(pos->data), theta_scale);
+        static_cast<const int32_t *>(pos->data), (double) freq_base, n_dims);
     CUDA_CHECK(cudaGetLastError());
     return true;
 }

@@ -6,7 +6,8 @@
 // arithmetic is the unfused nodes' own, rounding step by rounding step (no contraction to FMA).
 //
 // ROPE: ggml's kernel gives every row a block of 256 threads for ne0/2 pairs, which leaves 240 of
-// them idle on the 32-value rows of FLUX's per-axis rotation (cpp/sdcpp/rope-positions.h).
+// them idle on the 32-value rows of FLUX's per-axis rotation (cpp/sdcpp/rope-positions.h), and takes
+// its angles' sines with fast-math approximations that lose accuracy on FLUX's large positions.
 
 #ifndef BONSAI_CUDA_FUSED_ELEMENTWISE_H
 #define BONSAI_CUDA_FUSED_ELEMENTWISE_H
