@@ -20,6 +20,7 @@ checks it against the CPU).
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -47,6 +48,15 @@ def make_image(device: str, size: int, out: Path, env: dict[str, str]) -> np.nda
     return np.load(out)
 
 
+def gpu_name() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=256)
@@ -59,7 +69,10 @@ def main() -> int:
         cuda = make_image("cuda", args.size, Path(tmp) / "cuda.npy", {})
         cpu = make_image("cpu", args.size, Path(tmp) / "cpu.npy", {})
         ggml_kernels = make_image("cuda", args.size, Path(tmp) / "ggml.npy", UPSTREAM_KERNELS)
-    result = {"size": args.size, "psnr_cuda_vs_cpu": psnr(cuda, cpu), "psnr_vs_ggml_kernels": psnr(cuda, ggml_kernels)}
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "commit": os.environ.get("BONSAI_SD_COMMIT", "unknown"), "command": " ".join(sys.argv),
+              "gpu": gpu_name(), "size": args.size,
+              "psnr_cuda_vs_cpu": psnr(cuda, cpu), "psnr_vs_ggml_kernels": psnr(cuda, ggml_kernels)}
     ok = result["psnr_cuda_vs_cpu"] >= args.min_psnr and result["psnr_vs_ggml_kernels"] >= args.min_psnr_kernels
     result["pass"] = bool(ok)
     print(json.dumps(result))
