@@ -1,6 +1,7 @@
 // FLUX's elementwise steps fused, and ROPE on short rows: see cuda-fused-elementwise.h.
 
 #include "cuda-fused-elementwise.h"
+#include "cuda-block-sum.cuh"
 
 #include "common.cuh"  // ggml-cuda: ggml_backend_cuda_context, CUDA_CHECK; ggml-impl.h: use counts
 
@@ -84,24 +85,6 @@ __device__ const float * broadcast_row(const Operand & op, int64_t i1, int64_t i
     return op.data + (i1 % op.ne1) * op.s1 + (i2 % op.ne2) * op.s2 + (i3 % op.ne3) * op.s3;
 }
 
-__device__ float block_sum(float v, float * shared) {
-    for (int offset = 16; offset > 0; offset /= 2) {
-        v += __shfl_xor_sync(0xffffffff, v, offset);
-    }
-    const int warp = threadIdx.x / 32;
-    const int lane = threadIdx.x % 32;
-    if (lane == 0) {
-        shared[warp] = v;
-    }
-    __syncthreads();
-    v = lane < NORM_THREADS / 32 ? shared[lane] : 0.0f;
-    for (int offset = 16; offset > 0; offset /= 2) {
-        v += __shfl_xor_sync(0xffffffff, v, offset);
-    }
-    __syncthreads();  // shared is reused by the next call
-    return v;
-}
-
 // One block per row: mean, then the variance around it (two passes over the row, which stays in
 // L1), then y = (n + n*scale) + shift with n = (x - mean) / sqrt(var + eps), as the NORM, MUL,
 // ADD, ADD nodes round it.
@@ -120,13 +103,13 @@ __global__ void norm_modulate(const float * __restrict__ x, int64_t ne0, int64_t
     for (int64_t c = threadIdx.x; c < ne0; c += NORM_THREADS) {
         sum += xr[c];
     }
-    const float mean = block_sum(sum, shared) / ne0;
+    const float mean = bonsai_block_sum<NORM_THREADS>(sum, shared) / ne0;
     float squares = 0.0f;
     for (int64_t c = threadIdx.x; c < ne0; c += NORM_THREADS) {
         const float d = xr[c] - mean;
         squares += d * d;
     }
-    const float rstd = rsqrtf(block_sum(squares, shared) / ne0 + eps);
+    const float rstd = rsqrtf(bonsai_block_sum<NORM_THREADS>(squares, shared) / ne0 + eps);
 
     const float * scale_row = broadcast_row(scale, i1, i2, i3);
     const float * shift_row = broadcast_row(shift, i1, i2, i3);

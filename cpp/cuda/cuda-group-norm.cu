@@ -7,6 +7,7 @@
 // partial sums in double and write (x - mean) / sqrt(var + eps).
 
 #include "cuda-group-norm.h"
+#include "cuda-block-sum.cuh"
 
 #include "common.cuh"  // ggml-cuda: ggml_backend_cuda_context, ggml_cuda_info, CUDA_CHECK
 
@@ -18,24 +19,6 @@ namespace {
 constexpr int THREADS = 256;
 constexpr int64_t MIN_SLICE = 4096;  // values per block, at the least
 constexpr int BLOCKS_PER_SM = 8;
-
-__device__ float block_sum(float v, float * shared) {
-    for (int offset = 16; offset > 0; offset /= 2) {
-        v += __shfl_xor_sync(0xffffffff, v, offset);
-    }
-    const int warp = threadIdx.x / 32;
-    const int lane = threadIdx.x % 32;
-    if (lane == 0) {
-        shared[warp] = v;
-    }
-    __syncthreads();
-    v = lane < THREADS / 32 ? shared[lane] : 0.0f;
-    for (int offset = 16; offset > 0; offset /= 2) {
-        v += __shfl_xor_sync(0xffffffff, v, offset);
-    }
-    __syncthreads();  // shared is reused by the next call
-    return v;
-}
 
 __global__ void group_partial_sums(const float * __restrict__ x, float2 * __restrict__ partial, float * __restrict__ shifts,
                                    int64_t group_size, int64_t slice) {
@@ -52,8 +35,8 @@ __global__ void group_partial_sums(const float * __restrict__ x, float2 * __rest
         s1 += d;
         s2 += d * d;
     }
-    s1 = block_sum(s1, shared);
-    s2 = block_sum(s2, shared);
+    s1 = bonsai_block_sum<THREADS>(s1, shared);
+    s2 = bonsai_block_sum<THREADS>(s2, shared);
     if (threadIdx.x == 0) {
         partial[group * gridDim.x + blockIdx.x] = make_float2(s1, s2);
         if (blockIdx.x == 0) {
