@@ -40,19 +40,22 @@ bool rope_positions_from_ids(const std::vector<std::vector<float>>& ids,
     return true;
 }
 
-// The ROPE node over x laid out [d_head, L, n_head * N] (contiguous): ne = [axis_dim, heads,
-// L * n_axes] with the heads at their stride and the (token, axis) runs at axis_dim apart.
-static ggml_tensor* rope_in_place(ggml_context* ctx, ggml_tensor* x, const RopePositions& rope) {
-    const int64_t d_head = x->ne[0];
-    const int64_t L      = x->ne[1];
-    const int64_t heads  = x->ne[2];
-    ggml_tensor* runs    = ggml_view_3d(ctx, x, rope.axis_dim, heads, L * rope.n_axes,
-                                        x->nb[2], static_cast<size_t>(rope.axis_dim) * x->nb[0], 0);
-    ggml_tensor* rotated = ggml_rope_ext_inplace(ctx, runs, rope.positions, nullptr, rope.axis_dim,
+// ROPE in place over `runs`, a view of x whose rows are runs of axis_dim values, each at its own
+// position. Returns x's bytes again, as a view of the ROPE node, so whatever reads it runs after it.
+static ggml_tensor* rotate_runs(ggml_context* ctx, ggml_tensor* x, ggml_tensor* runs, ggml_tensor* positions,
+                                const RopePositions& rope) {
+    ggml_tensor* rotated = ggml_rope_ext_inplace(ctx, runs, positions, nullptr, rope.axis_dim,
                                                  0 /* normal: adjacent pairs */, 0, rope.theta,
                                                  1.f, 0.f, 1.f, 0.f, 0.f);
-    // The same bytes as x again; a view of the ROPE node, so whatever reads it runs after it.
-    return ggml_view_3d(ctx, rotated, d_head, L, heads, x->nb[1], x->nb[2], 0);
+    return ggml_view_3d(ctx, rotated, x->ne[0], x->ne[1], x->ne[2], x->nb[1], x->nb[2], 0);
+}
+
+// x laid out [d_head, L, n_head * N] (contiguous): ne = [axis_dim, heads, L * n_axes] with the
+// heads at their stride and the (token, axis) runs at axis_dim apart.
+static ggml_tensor* rope_in_place(ggml_context* ctx, ggml_tensor* x, const RopePositions& rope) {
+    ggml_tensor* runs = ggml_view_3d(ctx, x, rope.axis_dim, x->ne[2], x->ne[1] * rope.n_axes, x->nb[2],
+                                     static_cast<size_t>(rope.axis_dim) * x->nb[0], 0);
+    return rotate_runs(ctx, x, runs, rope.positions, rope);
 }
 
 std::vector<int32_t> rope_positions_per_head(const std::vector<int32_t>& positions, int n_axes, int n_head) {
@@ -74,15 +77,12 @@ bool rope_per_head_wanted(ggml_backend_t backend) {
     return !ggml_backend_is_cpu(backend);
 }
 
-// The ROPE node over x laid out [d_head, n_head, L] (contiguous): every run of axis_dim values is
-// one "row" with its own position, ne = [axis_dim, 1, L * n_head * n_axes].
+// x laid out [d_head, n_head, L] (contiguous): every run of axis_dim values is one row with its
+// own position, ne = [axis_dim, 1, L * n_head * n_axes].
 static ggml_tensor* rope_per_head_in_place(ggml_context* ctx, ggml_tensor* x, const RopePositions& rope) {
-    const size_t run     = static_cast<size_t>(rope.axis_dim) * x->nb[0];
-    ggml_tensor* runs    = ggml_view_3d(ctx, x, rope.axis_dim, 1, ggml_nelements(x) / rope.axis_dim, run, run, 0);
-    ggml_tensor* rotated = ggml_rope_ext_inplace(ctx, runs, rope.positions_per_head, nullptr, rope.axis_dim,
-                                                 0 /* normal: adjacent pairs */, 0, rope.theta,
-                                                 1.f, 0.f, 1.f, 0.f, 0.f);
-    return ggml_view_3d(ctx, rotated, x->ne[0], x->ne[1], x->ne[2], x->nb[1], x->nb[2], 0);
+    const size_t run  = static_cast<size_t>(rope.axis_dim) * x->nb[0];
+    ggml_tensor* runs = ggml_view_3d(ctx, x, rope.axis_dim, 1, ggml_nelements(x) / rope.axis_dim, run, run, 0);
+    return rotate_runs(ctx, x, runs, rope.positions_per_head, rope);
 }
 
 ggml_tensor* flash_attention_with_rope(ggml_context* ctx,
