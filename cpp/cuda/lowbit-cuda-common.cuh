@@ -67,13 +67,16 @@ static __host__ __device__ __forceinline__ float load_half(const uint8_t * p) {
 
 // ---- base-3 bytes (TQ1_0's codec, lowbit-impl.h) ----------------------------------------------
 
-// Trit n of each of the four bytes of x, one per byte (two bytes per 16-bit lane, so the
-// multiplications cannot carry from one byte into the next).
-static __host__ __device__ __forceinline__ uint32_t trits_of_bytes(uint32_t x, int n) {
-    const uint32_t pow3 = n == 0 ? 1 : n == 1 ? 3 : n == 2 ? 9 : n == 3 ? 27 : 81;
+// Trit n of each of the four bytes of x, one per byte, given pow3 = 3^n (two bytes per 16-bit
+// lane, so the multiplications cannot carry from one byte into the next).
+static __host__ __device__ __forceinline__ uint32_t trits_of_bytes_pow(uint32_t x, uint32_t pow3) {
     const uint32_t even = ((((x & 0x00ff00ffu) * pow3) & 0x00ff00ffu) * 3 >> 8) & 0x00030003u;
     const uint32_t odd  = ((((x >> 8) & 0x00ff00ffu) * pow3) & 0x00ff00ffu) * 3 & 0x03000300u;
     return even | odd;
+}
+
+static __host__ __device__ __forceinline__ uint32_t trits_of_bytes(uint32_t x, int n) {
+    return trits_of_bytes_pow(x, n == 0 ? 1 : n == 1 ? 3 : n == 2 ? 9 : n == 3 ? 27 : 81);
 }
 
 // Four 2-bit codes, one in the low bits of each byte, packed into one byte (byte i -> bits 2i).

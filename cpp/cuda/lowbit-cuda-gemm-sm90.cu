@@ -1,22 +1,27 @@
-// The large-batch GEMM of the low-bit types on Hopper (sm_90a): f16 wgmma on weights decoded
-// exactly to f16 in shared memory. Built only for sm_90a (-gencode arch=compute_90a,code=sm_90a).
+// The large-batch GEMM of the low-bit types on Hopper (sm_90a): f16 wgmma with the weights
+// decoded exactly to f16 straight into the A-operand registers. Built only for sm_90a
+// (-gencode arch=compute_90a,code=sm_90a).
 //
 // dst[n][m] = sum_k W[m][k] * x[n][k]. Every weight is (code - 1) * d with d an fp16 number, so
 // W is exact in f16; the activations are rounded to f16 by a pre-pass (relative error 2^-11 per
-// element) and the tensor cores accumulate in f32. No per-block rescaling is left: the weight
-// scale is folded into the f16 operand.
+// element) and the tensor cores accumulate in f32.
 //
-// A block has WGS warpgroups (BM = 64*WGS weight rows) and BN tokens, and walks K in steps of
-// 64 elements (one 128-byte-wide wgmma atom; a 128-element chunk is two steps):
-//   - cp.async brings each step's BN x 64 f16 activations two steps ahead (three stages, in
-//     wgmma's K-major 128-byte-swizzled layout) and each chunk's raw weight bytes (file layout,
-//     any 2-byte alignment; two stages);
-//   - each warpgroup decodes its 64 rows of step s+1 into f16 in the same layout while the
-//     tensor cores work on step s (code c at a 16-bit lane of 0x6400 | c is the half 1024 + c;
-//     minus 1025 gives c - 1, times d the weight; both exact);
-//   - four wgmma m64nBNk16 per warpgroup and step, both operands from shared memory.
-// In-chunk order: a 2-bit code word (16 elements) becomes 16 f16 values, pairs (i, i+8) from one
-// shift and mask, so activation position 16w + q holds element 16w + q/2 + 8*(q%2).
+// A block has WGS consumer warpgroups (BM = 64 * WGS weight rows) and one producer warpgroup,
+// takes BN tokens, and walks K in steps of 64 elements (a 128-element chunk is two steps):
+//   - Weights are wgmma's A operand from registers: each thread decodes its part of the
+//     m16n8k16 A fragment (rows g and g + 8 of its warp's 16; K columns 2t, 2t+1, 2t+8, 2t+9 of
+//     each k16) from the raw bytes, so decoded weights never go through shared memory. Each
+//     consumer warp cp.asyncs its own 16 rows' raw bytes (file layout, any 2-byte alignment) two
+//     chunks ahead into private slots: no block-wide barrier in the main loop.
+//   - Activations (B, read by the tensor cores from shared memory): the pre-pass writes them as
+//     f16 in the exact image of a shared-memory stage (per step, every token's 128-byte line,
+//     128-byte swizzled), so one producer thread moves a BN-token stage with one bulk copy whose
+//     bytes an mbarrier counts; the consumers hand the stage back through a second mbarrier.
+//     The producer warpgroup gives its registers to the consumers (setmaxnreg).
+// In-chunk order: thread t's four columns of k16 number s (of the chunk's 8) come from code word
+// t + 4 (s / 4) (elements 16w .. 16w + 15 of the chunk); its pairs (2t, 2t+1) and (2t+8, 2t+9)
+// are fields (j, j + 8) of that word with j = 2 (s % 4) and 2 (s % 4) + 1: one shift and mask
+// per pair.
 
 #include "lowbit-cuda.h"
 #include "lowbit-cuda-gemm.cuh"
@@ -24,21 +29,25 @@
 namespace bonsai_cuda {
 
 static constexpr int F16_ROWS_ALIGN = 256;  // every configuration's BN divides this
-static constexpr int B_STAGES       = 3;    // step s in the tensor cores, s+1 landed, s+2 in flight
-static constexpr int RAW_STAGES     = 2;    // raw weight bytes of the chunk being decoded and the next
+static constexpr int STAGES         = 4;    // activation stages in flight
+static constexpr int RAW_STAGES     = 3;    // raw weight chunks per warp: decoding, landed, in flight
+static constexpr int PRODUCER_REGS  = 40;   // registers the producer warpgroup keeps
 
-static __host__ __device__ __forceinline__ int f16_position_element(int p) {
-    const int w = p / 16, q = p % 16;
-    return 16 * w + q / 2 + 8 * (q % 2);
+// Element of a 128-chunk that in-chunk activation position p holds.
+static __host__ __device__ __forceinline__ int position_element(int p) {
+    const int half_chunk = p / 64, k16 = (p % 64) / 16, q = p % 16;
+    const int t = (q % 8) / 2, upper = q / 8, odd = q % 2;
+    return 16 * (t + 4 * half_chunk) + 2 * k16 + upper + 8 * odd;
 }
 
-// ---- activation pre-pass: f32 -> f16 in the in-chunk order ----------------------------------
+// ---- activation pre-pass: f32 -> f16 stage images ---------------------------------------------
 
-// One warp per (token row, chunk); lane l writes positions 4l..4l+3. Rows past N are zeros.
-// Values beyond the f16 range saturate to +-65504 (NaN stays NaN).
+// One warp per (token row, chunk): lane l converts positions 4l..4l+3 and stores them where the
+// stage image wants them: step 2 * chunk + l / 16, line `token`, swizzled 16-byte piece. Rows
+// past N are zeros; values beyond the f16 range saturate to +-65504 (NaN stays NaN).
 static __global__ void __launch_bounds__(256) convert_act_f16_kernel(
         const char * __restrict__ x, int64_t N, size_t nb0, size_t nb1, int64_t rows, int64_t chunks,
-        half * __restrict__ act) {
+        uint8_t * __restrict__ act) {
     const int     lane  = threadIdx.x % 32;
     const int64_t item  = (int64_t) blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int64_t token = item / chunks;
@@ -51,7 +60,7 @@ static __global__ void __launch_bounds__(256) convert_act_f16_kernel(
     for (int j = 0; j < 4; j++) {
         float v = 0.0f;
         if (token < N) {
-            v = *(const float *) (x + token * nb1 + (chunk * CHUNK + f16_position_element(4 * lane + j)) * nb0);
+            v = *(const float *) (x + token * nb1 + (chunk * CHUNK + position_element(4 * lane + j)) * nb0);
         }
         if (fabsf(v) > 65504.0f) {
             v = copysignf(65504.0f, v);
@@ -61,14 +70,14 @@ static __global__ void __launch_bounds__(256) convert_act_f16_kernel(
     uint2 packed;
     packed.x = (uint32_t) __half_as_ushort(h[0]) | (uint32_t) __half_as_ushort(h[1]) << 16;
     packed.y = (uint32_t) __half_as_ushort(h[2]) | (uint32_t) __half_as_ushort(h[3]) << 16;
-    *(uint2 *) (act + token * (chunks * CHUNK) + chunk * CHUNK + 4 * lane) = packed;
+    const int64_t step  = 2 * chunk + lane / 16;
+    const int     pos   = (4 * lane) % 64;  // f16 position within the step's line
+    const int     piece = pos / 8;
+    uint8_t * line = act + (step * rows + token) * 128;
+    *(uint2 *) (line + ((piece ^ (int) (token & 7)) << 4) + (pos % 8) * 2) = packed;
 }
 
 // ---- PTX wrappers -------------------------------------------------------------------------------
-
-static __device__ __forceinline__ void fence_proxy_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
 
 static __device__ __forceinline__ void wgmma_fence() {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -82,60 +91,72 @@ template <int N> static __device__ __forceinline__ void wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-// Barrier of one warpgroup (ids 1..4; 0 is __syncthreads).
-static __device__ __forceinline__ void warpgroup_barrier(int wg) {
-    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
-}
-
 // Keeps the compiler from moving uses of an accumulator register across a wgmma wait.
 static __device__ __forceinline__ void fence_register(float & r) {
     asm volatile("" : "+f"(r)::"memory");
 }
 
+static __device__ __forceinline__ uint32_t smem_u32(const void * p) {
+    return (uint32_t) __cvta_generic_to_shared(p);
+}
+
 // Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
 static __device__ __forceinline__ uint64_t smem_desc(const void * p) {
-    const uint32_t addr = (uint32_t) __cvta_generic_to_shared(p);
+    const uint32_t addr = smem_u32(p);
     return (uint64_t) ((addr & 0x3ffff) >> 4) | ((uint64_t) (1024 >> 4) << 32) | ((uint64_t) 1 << 62);
 }
 
-// d[64 x 64] += a[64 x 16] * b[16 x 64], both f16 in shared memory (K-major, 128-byte swizzle,
-// described by desc_a and desc_b), f32 accumulation.
-static __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, %32, %33, p, 1, 1, 0, 0;\n"
-        "}\n"
-        :
-          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(desc_a), "l"(desc_b), "n"(1));
-#else
-    __trap();
-#endif
+static __device__ __forceinline__ void mbar_init(uint64_t * bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
 }
 
-// d[64 x 128] += a[64 x 16] * b[16 x 128], both f16 in shared memory (K-major, 128-byte swizzle,
-// described by desc_a and desc_b), f32 accumulation.
-static __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+static __device__ __forceinline__ void mbar_arrive(uint64_t * bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+
+static __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t * bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+
+static __device__ __forceinline__ void mbar_wait(uint64_t * bar, uint32_t parity) {
+    uint32_t done = 0;
+    do {
+        asm volatile(
+            "{\n"
+            ".reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n"
+            "}\n"
+            : "=r"(done)
+            : "r"(smem_u32(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
+// bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared memory; the
+// mbarrier counts them as they land.
+static __device__ __forceinline__ void bulk_copy_to_shared(void * dst, const void * src, uint32_t bytes, uint64_t * bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                 ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar))
+                 : "memory");
+}
+
+// d[64 x n] (+)= a[64 x 16] * b[16 x n]: a from registers (this thread's four f16 pairs of the
+// m16n8k16 A fragment of its warp's 16 rows), b f16 in shared memory (K-major, 128-byte swizzle,
+// described by desc_b), f32 accumulation; accumulate = 0 ignores d's old values.
+static __device__ __forceinline__ void wgmma_rs_m64n128k16(float (&d)[64], const uint32_t * a, uint64_t desc_b,
+                                                           uint32_t accumulate) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     asm volatile(
         "{\n"
         ".reg .pred p;\n"
-        "setp.ne.b32 p, %66, 0;\n"
+        "setp.ne.b32 p, %69, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
         "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
         "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
         "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, %64, %65, p, 1, 1, 0, 0;\n"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n"
         "}\n"
         :
           "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
@@ -146,262 +167,299 @@ static __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t
           "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
           "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(desc_a), "l"(desc_b), "n"(1));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
 #else
     __trap();
 #endif
 }
 
-// One k16 step of a warpgroup's 64 x BN tile.
-template <int BN> static __device__ __forceinline__ void wgmma_tile(float (&d)[BN / 2], uint64_t desc_a, uint64_t desc_b);
-
-template <> __device__ __forceinline__ void wgmma_tile<64>(float (&d)[32], uint64_t desc_a, uint64_t desc_b) {
-    wgmma_m64n64k16(d, desc_a, desc_b);
+static __device__ __forceinline__ void wgmma_rs_m64n256k16(float (&d)[128], const uint32_t * a, uint64_t desc_b,
+                                                           uint32_t accumulate) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %133, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63,"
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79,"
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95,"
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111,"
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n"
+        "}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
+#else
+    __trap();
+#endif
 }
 
-template <> __device__ __forceinline__ void wgmma_tile<128>(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-    wgmma_m64n128k16(d, desc_a, desc_b);
+template <int BN>
+static __device__ __forceinline__ void wgmma_rs(float (&d)[BN / 2], const uint32_t * a, uint64_t desc_b, uint32_t accumulate);
+
+template <>
+__device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const uint32_t * a, uint64_t desc_b, uint32_t accumulate) {
+    wgmma_rs_m64n128k16(d, a, desc_b, accumulate);
 }
 
-// ---- decode: raw bytes of one row's chunk -> f16 weights ---------------------------------------
-// Two threads share a row; for each 64-element step each decodes two of the chunk's eight 2-bit
-// code words (codes16 / the PTQ1_0 word builders of lowbit-cuda-common.cuh).
+template <>
+__device__ __forceinline__ void wgmma_rs<256>(float (&d)[128], const uint32_t * a, uint64_t desc_b, uint32_t accumulate) {
+    wgmma_rs_m64n256k16(d, a, desc_b, accumulate);
+}
 
-// f16 pair ((c_lo - 1) * d, (c_hi - 1) * d) from the 2-bit fields at bits 0 and 16 of `codes`.
+// ---- decode -------------------------------------------------------------------------------------
+
+// f16 pair ((c_lo - 1) * d, (c_hi - 1) * d) from the 2-bit fields at bits 0 and 16 of `codes`:
+// code c at a 16-bit lane of 0x6400 | c is the half 1024 + c; minus 1025 gives c - 1, times d the
+// weight (both exact).
 static __device__ __forceinline__ uint32_t decode_pair(uint32_t codes, half2 d) {
-    const uint32_t bits = (codes & 0x00030003u) | 0x64006400u;  // halves 1024 + c
+    const uint32_t bits = (codes & 0x00030003u) | 0x64006400u;
     const half2 v = __hmul2(__hsub2(*(const half2 *) &bits, __half2half2(__ushort_as_half(0x6401))), d);
     return *(const uint32_t *) &v;
 }
 
-// Writes code word w (16 elements) of a row as 16 f16 values: positions 16(w%4) + 2i and
-// 16(w%4) + 2i + 1 of the step's 64 hold fields i and i + 8. `line`: the row's 128 bytes.
-static __device__ __forceinline__ void store_word(uint8_t * line, int r, int w, uint32_t word, float d) {
-    const half2 d2 = __float2half2_rn(d);  // exact: d came from an fp16
-    uint4 lo, hi;
-    lo.x = decode_pair(word, d2);
-    lo.y = decode_pair(word >> 2, d2);
-    lo.z = decode_pair(word >> 4, d2);
-    lo.w = decode_pair(word >> 6, d2);
-    hi.x = decode_pair(word >> 8, d2);
-    hi.y = decode_pair(word >> 10, d2);
-    hi.z = decode_pair(word >> 12, d2);
-    hi.w = decode_pair(word >> 14, d2);
-    const int piece = 2 * (w % 4);  // 16-byte pieces of the 128-byte line, swizzled
-    *(uint4 *) (line + ((piece ^ (r & 7)) << 4))       = lo;
-    *(uint4 *) (line + (((piece + 1) ^ (r & 7)) << 4)) = hi;
-}
-
-// N 32-bit words from 2-byte aligned shared memory: aligned 32-bit loads and a funnel shift.
-// Reads one word past the end (inside the raw slot).
-template <int N> static __host__ __device__ __forceinline__ void load_words(const uint8_t * p, uint32_t (&out)[N]) {
-    const int        misaligned = (int) ((uintptr_t) p & 2);
-    const uint32_t * a          = (const uint32_t *) (p - misaligned);
-    uint32_t         x[N + 1];
-#pragma unroll
-    for (int i = 0; i <= N; i++) {
-        x[i] = a[i];
-    }
-#pragma unroll
-    for (int i = 0; i < N; i++) {
-        out[i] = (uint32_t) ((((uint64_t) x[i + 1] << 32) | x[i]) >> (8 * misaligned));
-    }
-}
-
-// Code words w0 and w0 + 1 (w0 even) of a chunk (`raw`: the row's 128 elements in their file
-// layout, 2-byte aligned) with their scales. The two threads that share a row ask for different
-// w0 but run the same instructions (no divergence inside a warp).
+// The pairs of code word W (elements 16W .. 16W+15 of a row's chunk) that one thread's A
+// fragment takes: pair[j] holds the codes of fields j and j + 8 at bits 0 and 16 (other bits
+// are ignored). `raw`: the row's chunk in the file layout, 2-byte aligned, in shared memory;
+// d: the scale of the block the word lies in.
 template <int TYPE>
-static __host__ __device__ __forceinline__ void chunk_words(const uint8_t * raw, int w0, uint32_t & a, uint32_t & b,
-                                                            float & d0, float & d1) {
-    if constexpr (TYPE == BONSAI_TYPE_PTQ1_0) {
-        d0 = d1 = load_half(raw + 26);
-        uint32_t q[4];
-        load_words<4>(raw, q);
-        if (w0 < 4) {
-            a = ptq1_0_word_low(q, w0);
-            b = ptq1_0_word_low(q, w0 + 1);
-        } else {
-            uint32_t g[3], w5, w6, w7;
-            load_words<3>(raw + 16, g);
-            ptq1_0_words_high(g[0], g[1], g[2], w5, w6, w7);
-            const uint32_t w4 = ptq1_0_word_low(q, 4);
-            a = w0 == 4 ? w4 : w6;
-            b = w0 == 4 ? w5 : w7;
-        }
-    } else if constexpr (TYPE == BONSAI_TYPE_Q1_0) {
-        uint32_t bits[1];
-        load_words<1>(raw + 2 + 2 * w0, bits);  // 16 sign bits per word
-        d0 = d1 = load_half(raw);
-        a = spread_bits16(bits[0] & 0xffffu) << 1;
-        b = spread_bits16(bits[0] >> 16) << 1;
+static __device__ __forceinline__ void chunk_pairs(const uint8_t * raw, int W, uint32_t (&pair)[8], float & d) {
+    constexpr int  SUBS = traits<TYPE>::qk / 16;
+    const uint32_t word = codes16<TYPE>(raw + (W / SUBS) * traits<TYPE>::bytes, W % SUBS, d);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        pair[j] = word >> (2 * j);
+    }
+}
+
+// PTQ1_0 straight from its trits (codes16 would build the whole 2-bit word first). Fields j and
+// j + 8 of every word sit at the same byte position of two source words:
+//   W < 5:   trit W of bytes j and j + 8 (sources qs[0..15]);
+//   W = 5,6: trits 2(W-5) and 2(W-5)+1 of byte 16 + j (sources qs[16..23], twice);
+//   W = 7:   trit 4 of byte 16 + j, and trit j/2 of qh byte j%2 (qh's four trits per byte).
+template <>
+__device__ __forceinline__ void chunk_pairs<BONSAI_TYPE_PTQ1_0>(const uint8_t * raw, int W, uint32_t (&pair)[8], float & d) {
+    d = load_half(raw + 26);
+    const bool     low  = W < 5;
+    const int      n_lo = low ? W : W == 7 ? 4 : 2 * (W - 5);
+    const uint32_t p_lo = n_lo == 0 ? 1 : n_lo == 1 ? 3 : n_lo == 2 ? 9 : n_lo == 3 ? 27 : 81;
+    const uint32_t p_hi = low ? p_lo : 3 * p_lo;
+    uint32_t src[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        src[i] = load_u32_a2(raw + (low ? 4 * i : 16 + 4 * (i % 2)));
+    }
+    uint32_t trits[4] = {trits_of_bytes_pow(src[0], p_lo), trits_of_bytes_pow(src[1], p_lo), 0, 0};
+    if (W == 7) {
+        const uint32_t qh = load_u16(raw + 24);
+        trits[2] = trits_of_bytes_pow(qh, 1) | trits_of_bytes_pow(qh, 3) << 16;
+        trits[3] = trits_of_bytes_pow(qh, 9) | trits_of_bytes_pow(qh, 27) << 16;
     } else {
-        // Q2_0 (two 64-element blocks) and PQ2_0: the words are the file's qs words
-        constexpr int SUBS = traits<TYPE>::qk / 16;
-        const uint8_t * block = raw + (w0 / SUBS) * traits<TYPE>::bytes;
-        uint32_t q[2];
-        load_words<2>(block + 2 + 4 * (w0 % SUBS), q);
-        d0 = d1 = load_half(block);
-        a = q[0];
-        b = q[1];
+        trits[2] = trits_of_bytes_pow(src[2], p_hi);
+        trits[3] = trits_of_bytes_pow(src[3], p_hi);
     }
-}
-
-template <int TYPE>
-static __device__ __forceinline__ void decode_two_words(const uint8_t * raw, uint8_t * line, int r, int w0) {
-    uint32_t a, b;
-    float    d0, d1;
-    chunk_words<TYPE>(raw, w0, a, b, d0, d1);
-    store_word(line, r, w0, a, d0);
-    store_word(line, r, w0 + 1, b, d1);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        // byte j%4 of the low source to byte 0, byte j%4 of the high one to byte 2
+        pair[j] = __byte_perm(trits[j / 4], trits[j / 4 + 2], (j % 4) | (4 + j % 4) << 8);
+    }
 }
 
 // ---- the kernel -------------------------------------------------------------------------------
 
 template <int WGS, int BN> struct f16_shape {
-    static constexpr int threads   = WGS * 128;
-    static constexpr int bm        = WGS * 64;
-    static constexpr int a_buf     = bm * 128;  // one step: BM rows x 64 f16
-    static constexpr int b_stage   = BN * 128;  // one step: BN rows x 64 f16
-    static constexpr int a_bytes   = 2 * a_buf;
-    static constexpr int b_bytes   = B_STAGES * b_stage;
-    static constexpr int raw_bytes = RAW_STAGES * bm * RAW_SLOT;
-    static constexpr int smem      = 1024 + a_bytes + b_bytes + raw_bytes;  // + alignment slack
+    static constexpr int threads  = (WGS + 1) * 128;  // + the producer warpgroup
+    static constexpr int bm       = WGS * 64;
+    static constexpr int b_stage  = BN * 128;  // one step: BN lines of 64 f16
+    static constexpr int raw_warp = RAW_STAGES * 16 * RAW_SLOT;
+    static constexpr int smem     = 1024 + STAGES * b_stage + WGS * 4 * raw_warp + 2 * STAGES * 8;
     static_assert(smem <= 227 * 1024, "shared memory");
 };
 
+// Registers per consumer thread once the producer warpgroup keeps only PRODUCER_REGS. setmaxnreg
+// only moves registers within the block's allocation (threads x the per-thread count the launch
+// bounds give: 64K / (threads x blocks per SM), a multiple of 8), so the consumers get what the
+// producer gives back, a multiple of 8 and at most 232; asking for more would wait forever.
+static __host__ __device__ constexpr int launch_regs(int threads, int min_blocks) {
+    return (65536 / (threads * min_blocks) > 255 ? 255 : 65536 / (threads * min_blocks)) / 8 * 8;
+}
+
+static __host__ __device__ constexpr int consumer_regs(int wgs, int min_blocks) {
+    return ((launch_regs((wgs + 1) * 128, min_blocks) * (wgs + 1) - PRODUCER_REGS) / wgs) / 8 * 8 > 232
+               ? 232
+               : ((launch_regs((wgs + 1) * 128, min_blocks) * (wgs + 1) - PRODUCER_REGS) / wgs) / 8 * 8;
+}
+
+static_assert(consumer_regs(2, 1) == 232 && consumer_regs(1, 2) == 216, "register split of the tile configurations");
+
 template <int TYPE, int WGS, int BN, int MIN_BLOCKS>
-static __global__ void __launch_bounds__(WGS * 128, MIN_BLOCKS) gemm_f16_kernel(
-        const uint8_t * __restrict__ w, int64_t M, size_t w_nb1, int chunks, const half * __restrict__ act,
-        int64_t N, float * __restrict__ dst, int64_t ldd) {
+static __global__ void __launch_bounds__((WGS + 1) * 128, MIN_BLOCKS) gemm_f16_kernel(
+        const uint8_t * __restrict__ w, int64_t M, size_t w_nb1, int total_chunks, const uint8_t * __restrict__ act,
+        int64_t rows, int64_t N, float * __restrict__ dst, int64_t ldd, float * __restrict__ partials) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using S = f16_shape<WGS, BN>;
-    constexpr int BM       = S::bm;
-    constexpr int CB       = chunk_bytes(TYPE);
-    constexpr int B_PIECES   = BN * 8;  // 16-byte activation pieces per step
-    constexpr int RAW_PIECES = BM * 4;  // 16-byte raw weight pieces per chunk (some unused)
-    constexpr int B_EACH     = (B_PIECES + S::threads - 1) / S::threads;
-    constexpr int RAW_EACH   = (RAW_PIECES + S::threads - 1) / S::threads;
+    constexpr int CB = chunk_bytes(TYPE);
 
-    // 1024-byte alignment for the swizzled tiles, by an offset from the shared array (keeps the
-    // compiler's knowledge that these pointers are shared memory: ld/st.shared, not generic)
     extern __shared__ uint8_t smem_unaligned[];
-    const uint32_t smem_base = (uint32_t) __cvta_generic_to_shared(smem_unaligned);
-    uint8_t * smem  = smem_unaligned + (((smem_base + 1023) & ~1023u) - smem_base);
-    uint8_t * s_a   = smem;                       // [2][BM][128], swizzled f16 weights of a step
-    uint8_t * s_b   = smem + S::a_bytes;          // [B_STAGES][BN][128], swizzled f16 activations
-    uint8_t * s_raw = s_b + S::b_bytes;           // [RAW_STAGES][BM][RAW_SLOT] raw weight bytes
+    const uint32_t smem_base = smem_u32(smem_unaligned);
+    uint8_t  * smem  = smem_unaligned + (((smem_base + 1023) & ~1023u) - smem_base);
+    uint8_t  * s_b   = smem;                                   // [STAGES][BN][128] activations
+    uint8_t  * s_raw = s_b + STAGES * S::b_stage;           // [warp][RAW_STAGES][16][RAW_SLOT]
+    uint64_t * full  = (uint64_t *) (s_raw + WGS * 4 * S::raw_warp);  // stage landed
+    uint64_t * empty = full + STAGES;                               // stage read by every warp
 
     const int tid  = threadIdx.x;
+    const int warp = tid / 32;
     const int lane = tid % 32;
-    const int wg   = tid / 128;
-    const int wi   = (tid / 32) % 4;  // warp within its warpgroup
-    const int g    = lane / 4;
-    const int t    = lane % 4;
-
-    const int64_t m0     = (int64_t) blockIdx.x * BM;
-    const int64_t n0     = (int64_t) blockIdx.y * BN;
-    const int64_t kbytes = (int64_t) chunks * CHUNK * 2;
-    const int     steps  = 2 * chunks;
-
-    // This thread's copy jobs, fixed for the whole loop.
-    const uint8_t * b_src[B_EACH];
-    int             b_dst[B_EACH];
-#pragma unroll
-    for (int j = 0; j < B_EACH; j++) {
-        const int i = min(tid + j * S::threads, B_PIECES - 1);  // see the bounds check in load_step
-        const int r = i / 8, c = i % 8;  // 16-byte piece c of token row r's 128-byte step
-        b_src[j] = (const uint8_t *) act + (n0 + r) * kbytes + c * 16;
-        b_dst[j] = r * 128 + ((c ^ (r & 7)) << 4);
+    const int64_t m0    = (int64_t) blockIdx.x * S::bm;
+    const int64_t n0    = (int64_t) blockIdx.y * BN;
+    // K split in gridDim.z parts: this block sums chunks [first_chunk, first_chunk + chunks) and
+    // writes them to its own [N][M] slice of `partials` (sum_split_k adds the slices up)
+    const int     first_chunk = (int) ((int64_t) blockIdx.z * total_chunks / gridDim.z);
+    const int     chunks      = (int) ((int64_t) (blockIdx.z + 1) * total_chunks / gridDim.z) - first_chunk;
+    const int     steps       = 2 * chunks;
+    if (gridDim.z > 1) {
+        dst = partials + blockIdx.z * N * M;
+        ldd = M;
     }
-    const uint8_t * raw_row[RAW_EACH];
-    int             raw_piece[RAW_EACH];
-#pragma unroll
-    for (int j = 0; j < RAW_EACH; j++) {
-        const int i = min(tid + j * S::threads, RAW_PIECES - 1);
-        raw_row[j]   = w + min(m0 + i / 4, M - 1) * w_nb1;  // rows past M read row M-1, dropped later
-        raw_piece[j] = i;                                     // row i / 4, 16-byte piece i % 4
-    }
-    // Decode job: row dec_r (of this warpgroup's 64), part dec_part.
-    const int       dec_r    = wg * 64 + (tid % 128) / 2;
-    const int       dec_part = tid % 2;
-    const uint8_t * dec_row  = w + min(m0 + dec_r, M - 1) * w_nb1;
 
-    // Activations of `step` (and, on even steps, the raw weights of its chunk).
-    auto load_step = [&](int step) {
-        uint8_t * b = s_b + (step % B_STAGES) * S::b_stage;
-#pragma unroll
-        for (int j = 0; j < B_EACH; j++) {
-            if (B_PIECES % S::threads == 0 || tid + j * S::threads < B_PIECES) {
-                cp_async16(b + b_dst[j], b_src[j] + (int64_t) step * 128);
-            }
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], WGS * 4);
         }
-        if (step % 2 == 0) {
-            const int chunk = step / 2;
-            uint8_t * raw = s_raw + (chunk % RAW_STAGES) * BM * RAW_SLOT;
-#pragma unroll
-            for (int j = 0; j < RAW_EACH; j++) {
-                // the 16-byte-aligned pieces that cover the row's CB bytes of this chunk
-                const uint8_t * src   = raw_row[j] + (int64_t) chunk * CB;
-                const int       shift = (int) ((uintptr_t) src & 15);
-                const int       piece = raw_piece[j] % 4;
-                if ((RAW_PIECES % S::threads == 0 || tid + j * S::threads < RAW_PIECES) && piece * 16 < shift + CB) {
-                    cp_async16(raw + (raw_piece[j] / 4) * RAW_SLOT + piece * 16, src - shift + piece * 16);
-                }
-            }
-        }
-    };
-
-    // This thread's two code words of `step` into the step's A buffer.
-    auto decode = [&](int step) {
-        const int       chunk = step / 2;
-        const uint8_t * row   = dec_row + (int64_t) chunk * CB;
-        const uint8_t * raw   = s_raw + (chunk % RAW_STAGES) * BM * RAW_SLOT + dec_r * RAW_SLOT + ((uintptr_t) row & 15);
-        uint8_t       * line  = s_a + (step % 2) * S::a_buf + dec_r * 128;
-        decode_two_words<TYPE>(raw, line, dec_r, 4 * (step % 2) + 2 * dec_part);
-        fence_proxy_async();  // generic-proxy stores read by the tensor cores
-    };
-
-    float d[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) {
-        d[i] = 0.0f;
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-
-    load_step(0);
-    cp_async_commit();
-    load_step(1);
-    cp_async_commit();
-    cp_async_wait<0>();
-    fence_proxy_async();
     __syncthreads();
-    decode(0);
-    warpgroup_barrier(wg);
 
-    for (int step = 0; step < steps; step++) {
-        // the tensor cores take `step` (A: this warpgroup's 64 rows; B: all BN tokens)
-        {
-            const uint64_t da = smem_desc(s_a + (step % 2) * S::a_buf + wg * 64 * 128);
-            const uint64_t db = smem_desc(s_b + (step % B_STAGES) * S::b_stage);
-            wgmma_fence();
-#pragma unroll
-            for (int k = 0; k < 4; k++) {  // k16 step k starts 32 bytes into each 128-byte line
-                wgmma_tile<BN>(d, da + (uint64_t) (k * 32 >> 4), db + (uint64_t) (k * 32 >> 4));
+    if (warp >= WGS * 4) {  // the producer warpgroup: one thread moves every stage
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS));
+        if (warp == WGS * 4 && lane == 0) {
+            for (int step = 0; step < steps; step++) {
+                const int stage = step % STAGES;
+                if (step >= STAGES) {
+                    mbar_wait(&empty[stage], (step / STAGES - 1) & 1);
+                }
+                mbar_arrive_expect_tx(&full[stage], S::b_stage);
+                bulk_copy_to_shared(s_b + stage * S::b_stage, act + ((int64_t) (2 * first_chunk + step) * rows + n0) * 128, S::b_stage,
+                                    &full[stage]);
             }
-            wgmma_commit();
         }
-        wgmma_wait<1>();     // this warpgroup's step - 1 is done
-        cp_async_wait<0>();  // step + 1 (and its chunk's raw weights) landed
-        fence_proxy_async();
-        __syncthreads();     // ... for every thread; every warpgroup is done with step - 1
-        if (step + 2 < steps) {
-            load_step(step + 2);  // into the stages step - 1 and chunk - 1 used
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(consumer_regs(WGS, MIN_BLOCKS)));
+    const int wg = warp / 4;
+    const int wi = warp % 4;
+    const int g  = lane / 4;
+    const int t  = lane % 4;
+
+    // Raw bytes of this warp's 16 rows: lane copies 16-byte pieces (lane + 32 j) % 4 of rows
+    // (lane + 32 j) / 4. Rows past M read row M - 1; their results are dropped.
+    uint8_t * my_raw = s_raw + warp * S::raw_warp;
+    const int64_t first_row = m0 + wg * 64 + wi * 16;
+    const uint8_t * copy_row[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        copy_row[j] = w + min(first_row + (lane + 32 * j) / 4, M - 1) * w_nb1 + (int64_t) first_chunk * CB;
+    }
+    auto load_raw = [&](int chunk) {
+        uint8_t * slots = my_raw + (chunk % RAW_STAGES) * 16 * RAW_SLOT;
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const int       i     = lane + 32 * j;
+            const int       piece = i % 4;
+            const uint8_t * src   = copy_row[j] + (int64_t) chunk * CB;
+            const int       shift = (int) ((uintptr_t) src & 15);
+            if (piece * 16 < shift + CB) {
+                cp_async16(slots + (i / 4) * RAW_SLOT + piece * 16, src - shift + piece * 16);
+            }
+        }
+    };
+    // the two rows this thread decodes, for their bytes' alignment
+    const uintptr_t row_lo = (uintptr_t) (w + min(first_row + g, M - 1) * w_nb1 + (int64_t) first_chunk * CB);
+    const uintptr_t row_hi = (uintptr_t) (w + min(first_row + g + 8, M - 1) * w_nb1 + (int64_t) first_chunk * CB);
+
+    // This thread's A fragments of the four k16 of `step`.
+    auto decode = [&](int step, uint32_t (&a)[16]) {
+        const int       chunk = step / 2;
+        const uint8_t * slots = my_raw + (chunk % RAW_STAGES) * 16 * RAW_SLOT;
+        const int       W     = t + 4 * (step % 2);
+        float    d_lo, d_hi;
+        uint32_t p_lo[8], p_hi[8];
+        chunk_pairs<TYPE>(slots + g * RAW_SLOT + ((row_lo + (uintptr_t) chunk * CB) & 15), W, p_lo, d_lo);
+        chunk_pairs<TYPE>(slots + (g + 8) * RAW_SLOT + ((row_hi + (uintptr_t) chunk * CB) & 15), W, p_hi, d_hi);
+        const half2 s_lo = __float2half2_rn(d_lo);  // exact: the scales are fp16 numbers
+        const half2 s_hi = __float2half2_rn(d_hi);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            a[4 * k + 0] = decode_pair(p_lo[2 * k], s_lo);      // row g,     columns 2t, 2t+1
+            a[4 * k + 1] = decode_pair(p_hi[2 * k], s_hi);      // row g + 8, columns 2t, 2t+1
+            a[4 * k + 2] = decode_pair(p_lo[2 * k + 1], s_lo);  // row g,     columns 2t+8, 2t+9
+            a[4 * k + 3] = decode_pair(p_hi[2 * k + 1], s_hi);  // row g + 8, columns 2t+8, 2t+9
+        }
+    };
+
+    float d[BN / 2];  // set by step 0's first wgmma (accumulate = 0)
+
+    // The tensor cores take `step`; then the stage of step - 1 goes back to the producer.
+    auto multiply = [&](int step, const uint32_t (&a)[16]) {
+        const int stage = step % STAGES;
+        mbar_wait(&full[stage], (step / STAGES) & 1);
+        const uint64_t db = smem_desc(s_b + stage * S::b_stage);
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < 4; k++) {  // k16 step k starts 32 bytes into each 128-byte line
+            wgmma_rs<BN>(d, &a[4 * k], db + (uint64_t) (k * 32 >> 4), step > 0 || k > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<1>();
+        if (step > 0 && lane == 0) {
+            mbar_arrive(&empty[(step - 1) % STAGES]);
+        }
+    };
+
+    load_raw(0);
+    cp_async_commit();
+    if (chunks > 1) {
+        load_raw(1);
+    }
+    cp_async_commit();
+
+    // Step s is decoded while the tensor cores work on step s - 1 (two A buffers). Decoding two
+    // steps ahead into three buffers was measured slower at every DiT shape.
+    uint32_t a_even[16], a_odd[16];
+    for (int chunk = 0; chunk < chunks; chunk++) {
+        cp_async_wait<1>();  // this chunk's bytes landed (for this lane) ...
+        __syncwarp();        // ... and for every lane; every lane is done with chunk - 1
+        if (chunk + 2 < chunks) {
+            load_raw(chunk + 2);  // into the slots chunk - 1 used
         }
         cp_async_commit();
-        if (step + 1 < steps) {
-            decode(step + 1);     // into the A buffer step - 1 used
-        }
-        warpgroup_barrier(wg);
+        decode(2 * chunk, a_even);
+        multiply(2 * chunk, a_even);
+        decode(2 * chunk + 1, a_odd);
+        multiply(2 * chunk + 1, a_odd);
     }
     wgmma_wait<0>();
 #pragma unroll
@@ -409,54 +467,124 @@ static __global__ void __launch_bounds__(WGS * 128, MIN_BLOCKS) gemm_f16_kernel(
         fence_register(d[i]);
     }
 
-    // d[4j + e]: row wi*16 + g (+8 for e >= 2) of this warpgroup's 64, column 8j + 2t + (e & 1)
+    // Columns 8q .. 8q + 7 of this thread's rows: v.x, v.y at row wi*16 + g of this warpgroup's
+    // 64, columns 8q + 2t, 8q + 2t + 1; v.z, v.w the same columns 8 rows further down.
     const int row_a = wg * 64 + wi * 16 + g;
-#pragma unroll
-    for (int j = 0; j < BN / 8; j++) {
+    auto store = [&](int q, float4 v) {
+        const float values[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int64_t row = m0 + row_a + (e >= 2 ? 8 : 0);
-            const int64_t col = n0 + 8 * j + 2 * t + (e & 1);
+            const int64_t col = n0 + 8 * q + 2 * t + (e & 1);
             if (row < M && col < N) {
-                dst[col * ldd + row] = d[4 * j + e];
+                dst[col * ldd + row] = values[e];
             }
         }
+    };
+#pragma unroll
+    for (int q = 0; q < BN / 8; q++) {
+        store(q, make_float4(d[4 * q], d[4 * q + 1], d[4 * q + 2], d[4 * q + 3]));
     }
 #else
     __trap();
 #endif
 }
 
+// dst[n][m] = the sum of the splits' partials[z][n][m], in split order (a fixed result).
+static __global__ void __launch_bounds__(256) sum_split_k_kernel(const float * __restrict__ partials, int splits,
+                                                                 int64_t N, int64_t M, float * __restrict__ dst,
+                                                                 int64_t ldd) {
+    const int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= N * M) {
+        return;
+    }
+    float sum = partials[i];
+    for (int z = 1; z < splits; z++) {
+        sum += partials[z * N * M + i];
+    }
+    dst[(i / M) * ldd + i % M] = sum;
+}
+
 // ---- host side ----------------------------------------------------------------------------------
 
 template <int TYPE, int WGS, int BN, int MIN_BLOCKS>
-static cudaError_t launch_f16(const uint8_t * w, int64_t M, size_t w_nb1, int chunks, const half * act, int64_t rows,
-                              int64_t N, float * dst, int64_t ldd, cudaStream_t stream) {
+static cudaError_t launch_f16(const uint8_t * w, int64_t M, size_t w_nb1, int chunks, const uint8_t * act, int64_t rows,
+                              int64_t N, float * dst, int64_t ldd, int splits, float * partials, cudaStream_t stream) {
     using S = f16_shape<WGS, BN>;
     auto kernel = gemm_f16_kernel<TYPE, WGS, BN, MIN_BLOCKS>;
     const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::smem);
     if (err != cudaSuccess) {
         return err;
     }
-    const dim3 grid((unsigned) ((M + S::bm - 1) / S::bm), (unsigned) (rows / BN));
-    kernel<<<grid, S::threads, S::smem, stream>>>(w, M, w_nb1, chunks, act, N, dst, ldd);
+    const dim3 grid((unsigned) ((M + S::bm - 1) / S::bm), (unsigned) (rows / BN), (unsigned) splits);
+    kernel<<<grid, S::threads, S::smem, stream>>>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, partials);
+    if (splits > 1) {
+        sum_split_k_kernel<<<(unsigned) ((N * M + 255) / 256), 256, 0, stream>>>(partials, splits, N, M, dst, ldd);
+    }
     return cudaGetLastError();
 }
 
-// Tile configurations. 1 (BM = BN = 128, two warpgroups, two blocks per SM) was the fastest at
-// every FLUX.2 DiT shape on an H100 (tests/cuda/lowbit_cuda_check); the others stay for that
-// comparison: 2: BM = 256 (four warpgroups); 3: BN = 64. (A warp-specialized version, two
-// producer and two consumer warpgroups handing stages over through mbarriers, was slower:
-// BENCHMARKS.md.)
+// Tile configurations: BM x BN, blocks per SM, and the share of the tensor cores' rate each
+// reaches on an H100 (tests/cuda/lowbit_cuda_check at the FLUX.2 DiT shapes). A 64 x 64 tile
+// with three blocks per SM was measured too and lost everywhere (n = 64 wgmma leaves the
+// decode too little tensor work to hide behind).
+struct f16_config_info {
+    int    bm, bn, blocks_per_sm;
+    double efficiency;
+};
+
+static const f16_config_info f16_configs[BONSAI_CUDA_F16_CONFIGS] = {
+    {128, 256, 1, 1.00},
+    {128, 128, 1, 0.80},
+    {64, 128, 2, 0.78},
+};
+
 template <int TYPE>
-static cudaError_t f16_typed(int config, const uint8_t * w, int64_t M, size_t w_nb1, int chunks, const half * act,
-                             int64_t rows, int64_t N, float * dst, int64_t ldd, cudaStream_t stream) {
+static cudaError_t f16_typed(int config, const uint8_t * w, int64_t M, size_t w_nb1, int chunks, const uint8_t * act,
+                             int64_t rows, int64_t N, float * dst, int64_t ldd, int splits, float * partials,
+                             cudaStream_t stream) {
     switch (config) {
-        case 1:  return launch_f16<TYPE, 2, 128, 2>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, stream);
-        case 2:  return launch_f16<TYPE, 4, 128, 1>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, stream);
-        case 3:  return launch_f16<TYPE, 2, 64, 2>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, stream);
+        case 1:  return launch_f16<TYPE, 2, 256, 1>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, splits, partials, stream);
+        case 2:  return launch_f16<TYPE, 2, 128, 1>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, splits, partials, stream);
+        case 3:  return launch_f16<TYPE, 1, 128, 2>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, splits, partials, stream);
         default: return cudaErrorInvalidValue;
     }
+}
+
+struct f16_plan {
+    int config, splits;
+};
+
+// The configuration with the least estimated time: the busiest SM runs ceil(tiles / SMs) tiles
+// one after the other, each BM x BN at its configuration's efficiency. When even the 128 x 256
+// tiles of a long K (at least 32 chunks) fill at most half the SMs (M = 3072 with 512 tokens:
+// 48 tiles), K is split in two instead: twice the blocks of the fastest tile, each with half
+// of K, and a short pass that adds the halves. Measured there against the best whole-K tile:
+// 1.08x (K = 9216) and 1.13x (K = 12288) for PQ2_0, 1.3x for PTQ1_0.
+static f16_plan plan_f16(int64_t M, int64_t rows, int chunks) {
+    static int sms = 0;
+    if (sms == 0) {
+        int device = 0;
+        cudaGetDevice(&device);
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+        sms = sms > 0 ? sms : 132;
+    }
+    const int64_t wide_tiles = (M + 127) / 128 * (rows / 256);
+    if (chunks >= 32 && 2 * wide_tiles <= sms) {
+        return {1, 2};
+    }
+    int    best      = 1;
+    double best_cost = 0.0;
+    for (int c = 1; c <= BONSAI_CUDA_F16_CONFIGS; c++) {
+        const f16_config_info & info = f16_configs[c - 1];
+        const int64_t tiles = (M + info.bm - 1) / info.bm * (rows / info.bn);
+        const double  cost  = (double) ((tiles + sms - 1) / sms) * info.bm * info.bn / info.efficiency;
+        if (c == 1 || cost < best_cost) {
+            best      = c;
+            best_cost = cost;
+        }
+    }
+    return {best, 1};
 }
 
 }  // namespace bonsai_cuda
@@ -468,31 +596,51 @@ int64_t bonsai_cuda_act_f16_rows(int64_t N) {
 }
 
 int bonsai_cuda_act_f16_position_element(int p) {
-    return f16_position_element(p);
+    return position_element(p);
 }
 
-cudaError_t bonsai_cuda_convert_act_f16(const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1, half * act,
+cudaError_t bonsai_cuda_convert_act_f16(const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1, void * act,
                                         cudaStream_t stream) {
     const int64_t chunks = bonsai_cuda_act_chunks(K);
     const int64_t rows   = bonsai_cuda_act_f16_rows(N);
     const int64_t warps  = rows * chunks;
     convert_act_f16_kernel<<<(unsigned) ((warps + 7) / 8), 256, 0, stream>>>((const char *) x, N, x_nb0, x_nb1, rows,
-                                                                             chunks, act);
+                                                                             chunks, (uint8_t *) act);
     return cudaGetLastError();
 }
 
-cudaError_t bonsai_cuda_gemm_f16(int type, const void * w, int64_t M, int64_t K, size_t w_nb1, const half * act,
-                                 int64_t N, float * dst, size_t d_nb1, int config, cudaStream_t stream) {
-    if (config <= 0 || config > BONSAI_CUDA_F16_CONFIGS) {
-        config = 1;
+size_t bonsai_cuda_gemm_f16_workspace(int64_t M, int64_t K, int64_t N, int config, int splits) {
+    if (config == 0 && splits == 0) {
+        splits = plan_f16(M, bonsai_cuda_act_f16_rows(N), (int) bonsai_cuda_act_chunks(K)).splits;
     }
+    return splits > 1 ? (size_t) (splits * N * M) * sizeof(float) : 0;
+}
+
+cudaError_t bonsai_cuda_gemm_f16(int type, const void * w, int64_t M, int64_t K, size_t w_nb1, const void * act,
+                                 int64_t N, float * dst, size_t d_nb1, int config, int splits, void * workspace,
+                                 cudaStream_t stream) {
     const int     chunks = (int) bonsai_cuda_act_chunks(K);
     const int64_t rows   = bonsai_cuda_act_f16_rows(N);
     const int64_t ldd    = (int64_t) (d_nb1 / sizeof(float));
-    const uint8_t * wb   = (const uint8_t *) w;
+    if (chunks <= 0 || config < 0 || config > BONSAI_CUDA_F16_CONFIGS || splits < 0 || splits > chunks ||
+        (config == 0) != (splits == 0)) {
+        return cudaErrorInvalidValue;
+    }
+    if (config == 0) {
+        const f16_plan plan = plan_f16(M, rows, chunks);
+        config = plan.config;
+        splits = plan.splits;
+    }
+    if (splits > 1 && workspace == nullptr) {
+        return cudaErrorInvalidValue;
+    }
+    const uint8_t * wb = (const uint8_t *) w;
+    const uint8_t * ab = (const uint8_t *) act;
     switch (type) {
-#define BONSAI_F16_CASE(TYPE) \
-        case TYPE: return f16_typed<TYPE>(config, wb, M, w_nb1, chunks, act, rows, N, dst, ldd, stream);
+#define BONSAI_F16_CASE(TYPE)                                                                                  \
+        case TYPE:                                                                                             \
+            return f16_typed<TYPE>(config, wb, M, w_nb1, chunks, ab, rows, N, dst, ldd, splits, (float *) workspace, \
+                                   stream);
         BONSAI_CUDA_FOR_EACH_TYPE(BONSAI_F16_CASE)
 #undef BONSAI_F16_CASE
         default: return cudaErrorInvalidValue;

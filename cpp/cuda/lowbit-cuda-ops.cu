@@ -419,7 +419,7 @@ cudaError_t bonsai_cuda_dequantize_cpy(const bonsai_cuda_cpy_args * args, cudaSt
 }
 
 bool bonsai_cuda_matmul_supported(int type, int64_t K) {
-    return host_block_elems(type) != 0 && K % 128 == 0;
+    return host_block_elems(type) != 0 && K > 0 && K % 128 == 0;
 }
 
 // Which GEMM runs N > 8: the f16 wgmma kernel on sm_90 when it is built in, else the int8
@@ -440,12 +440,21 @@ static bool use_f16_gemm() {
 #endif
 }
 
-static size_t gemm_act_bytes(bool f16, int64_t n, int64_t K) {
+#ifdef BONSAI_CUDA_SM90
+static size_t f16_act_bytes(int64_t n, int64_t K) {
+    return align256((size_t) (bonsai_cuda_act_f16_rows(n) * bonsai_cuda_act_chunks(K) * 128) * sizeof(half));
+}
+#endif
+
+// The GEMM's scratch: its activations (for the f16 GEMM, then the partial sums of a split K).
+static size_t gemm_act_bytes(bool f16, int64_t M, int64_t n, int64_t K) {
     const int64_t chunks = bonsai_cuda_act_chunks(K);
 #ifdef BONSAI_CUDA_SM90
     if (f16) {
-        return align256((size_t) (bonsai_cuda_act_f16_rows(n) * chunks * 128) * sizeof(half));
+        return f16_act_bytes(n, K) + bonsai_cuda_gemm_f16_workspace(M, K, n, 0, 0);
     }
+#else
+    (void) M;
 #endif
     const int64_t rows = bonsai_cuda_act_rows(n);
     return align256((size_t) (rows * chunks * 128)) + align256((size_t) (rows * chunks) * sizeof(float4));
@@ -457,7 +466,7 @@ size_t bonsai_cuda_matmul_scratch_bytes(const bonsai_cuda_matmul_args * a) {
         return mmv_direct(*a) ? 0 : align256((size_t) (slices * a->N * a->K) * sizeof(float));
     }
     const int64_t n_eff = gemm_single_slice(*a) ? a->N * slices : a->N;  // one slice's worth, reused
-    return gemm_act_bytes(use_f16_gemm(), n_eff, a->K);
+    return gemm_act_bytes(use_f16_gemm(), a->M, n_eff, a->K);
 }
 
 cudaError_t bonsai_cuda_matmul(const bonsai_cuda_matmul_args * a, void * scratch, cudaStream_t stream) {
@@ -502,10 +511,11 @@ cudaError_t bonsai_cuda_matmul(const bonsai_cuda_matmul_args * a, void * scratch
         cudaError_t err;
 #ifdef BONSAI_CUDA_SM90
         if (f16) {
-            half * act = (half *) scratch;
-            err = bonsai_cuda_convert_act_f16(x, a->K, n_eff, a->x_nb0, a->x_nb1, act, stream);
+            void * workspace = (char *) scratch + f16_act_bytes(n_eff, a->K);
+            err = bonsai_cuda_convert_act_f16(x, a->K, n_eff, a->x_nb0, a->x_nb1, scratch, stream);
             if (err == cudaSuccess) {
-                err = bonsai_cuda_gemm_f16(a->type, w, a->M, a->K, a->w_nb1, act, n_eff, dst, a->d_nb1, 0, stream);
+                err = bonsai_cuda_gemm_f16(a->type, w, a->M, a->K, a->w_nb1, scratch, n_eff, dst, a->d_nb1, 0, 0, workspace,
+                                           stream);
             }
         } else
 #endif

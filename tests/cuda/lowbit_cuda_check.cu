@@ -462,7 +462,8 @@ static void check_gemm_exact(const TypeInfo & t, int64_t M, int64_t N, int64_t K
 #ifdef BONSAI_CUDA_SM90
 // The Hopper f16 GEMM on its own f16 activations, against float64 sums of the same values
 // (exact products; only the f32 accumulation order differs).
-static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64_t K, int config, Rng & rng, int samples) {
+static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64_t K, int config, int splits, Rng & rng,
+                                 int samples) {
     const auto w = random_weights(t, M, K, rng);
     const auto x = random_activations(N, K, rng);
     DeviceBuffer<uint8_t> dw(w.size());
@@ -473,8 +474,11 @@ static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64
     DeviceBuffer<half>  act(rows * K);
     DeviceBuffer<float> out(M * N);
     out.poison();
+    DeviceBuffer<uint8_t> workspace(bonsai_cuda_gemm_f16_workspace(M, K, N, config, splits) + 1);
+    workspace.poison();
     CUDA_OK(bonsai_cuda_convert_act_f16(dx.ptr, K, N, 4, K * 4, act.ptr, 0));
-    CUDA_OK(bonsai_cuda_gemm_f16(t.id, dw.ptr, M, K, row_bytes(t, K), act.ptr, N, out.ptr, M * 4, config, 0));
+    CUDA_OK(bonsai_cuda_gemm_f16(t.id, dw.ptr, M, K, row_bytes(t, K), act.ptr, N, out.ptr, M * 4, config, splits,
+                                 workspace.ptr, 0));
     CUDA_OK(cudaDeviceSynchronize());
     const auto h   = act.download(rows * K);
     const auto got = out.download(M * N);
@@ -484,11 +488,18 @@ static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64
     for (int p = 0; p < 128; p++) {
         element_of[p] = bonsai_cuda_act_f16_position_element(p);
     }
+    // activation position k of token n in the buffer: [K / 64 steps][rows][64], each 128-byte
+    // line's 16-byte pieces swizzled by n % 8
+    auto act_at = [&](int64_t n, int64_t k) -> half {
+        const int64_t step = k / 64, pos = k % 64;
+        return h[(step * rows + n) * 64 + (((pos / 8) ^ (n % 8)) * 8) + pos % 8];
+    };
     int64_t bad_act = 0;
-    for (int64_t n = 0; n < N; n++) {
+    for (int64_t n = 0; n < rows; n++) {
         for (int64_t k = 0; k < K; k++) {
             const int64_t c = k / 128, p = k % 128;
-            bad_act += __half_as_ushort(h[n * K + k]) != __half_as_ushort(__float2half_rn(x[n * K + c * 128 + element_of[p]]));
+            const float   v = n < N ? x[n * K + c * 128 + element_of[p]] : 0.0f;  // padding rows are zeros
+            bad_act += __half_as_ushort(act_at(n, k)) != __half_as_ushort(__float2half_rn(v));
         }
     }
     CHECK(bad_act == 0, "f16 activation pre-pass: %lld values differ", (long long) bad_act);
@@ -504,7 +515,7 @@ static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64
         double ref = 0.0;
         for (int64_t k = 0; k < K; k++) {
             const int64_t c = k / 128, p = k % 128;
-            ref += (double) wf[c * 128 + element_of[p]] * (double) __half2float(h[n * K + k]);
+            ref += (double) wf[c * 128 + element_of[p]] * (double) __half2float(act_at(n, k));
         }
         const double g = got[n * M + m];
         if (!std::isfinite(g)) {
@@ -516,10 +527,10 @@ static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64
     }
     const double rms = std::sqrt(ref2 / count);
     const double rel = max_err / (rms > 0 ? rms : 1.0);
-    CHECK(nonfinite == 0 && rel < 5e-5, "%s f16 GEMM %lldx%lldx%lld config %d: max error %.3g of rms %.3g (%lld non-finite)",
-          t.name, (long long) M, (long long) N, (long long) K, config, max_err, rms, (long long) nonfinite);
-    printf("  %-7s GEMM f16 exact   M=%-5lld N=%-5lld K=%-5lld cfg %d: max err / rms = %.2e %s\n", t.name,
-           (long long) M, (long long) N, (long long) K, config, rel, rel < 5e-5 && nonfinite == 0 ? "ok" : "FAIL");
+    CHECK(nonfinite == 0 && rel < 5e-5, "%s f16 GEMM %lldx%lldx%lld config %d, K in %d: max error %.3g of rms %.3g (%lld non-finite)",
+          t.name, (long long) M, (long long) N, (long long) K, config, splits, max_err, rms, (long long) nonfinite);
+    printf("  %-7s GEMM f16 exact   M=%-5lld N=%-5lld K=%-5lld cfg %d, K in %d: max err / rms = %.2e %s\n", t.name,
+           (long long) M, (long long) N, (long long) K, config, splits, rel, rel < 5e-5 && nonfinite == 0 ? "ok" : "FAIL");
 }
 #endif
 
@@ -631,7 +642,7 @@ static void dit_accuracy_and_perf(bool perf) {
     }
 #endif
     printf("\nDiT shapes (dst = W x, W: M x K low-bit, x: N tokens of K, f32 out)\n");
-    printf("%-8s %6s %6s %6s | %-7s %8s %6s %6s | %11s | TFLOPS of the f16 GEMM configs (no pre-pass)\n", "layer", "M",
+    printf("%-8s %6s %6s %6s | %-7s %8s %6s %6s | %11s | f16 GEMM TFLOPS without the pre-pass: the plan | configurations 1 2 3, K whole | 1 3, K in two\n", "layer", "M",
            "N", "K", "type", "us", "TFLOPS", "vs bf16", "int8 TFLOPS");
     for (const auto & shape : DIT_SHAPES) {
         if (g_quick && strcmp(shape.name, "qkv") != 0 && strcmp(shape.name, "linear2") != 0) {
@@ -781,17 +792,20 @@ static void dit_accuracy_and_perf(bool perf) {
                 DeviceBuffer<half> h(bonsai_cuda_act_f16_rows(N) * K);
                 const double f16_pre_us = time_us([&] { bonsai_cuda_convert_act_f16(dx.ptr, K, N, 4, K * 4, h.ptr, 0); });
                 line += ", " + jnum("f16_prepass_us", f16_pre_us);
-                for (int cfg = 1; cfg <= BONSAI_CUDA_F16_CONFIGS; cfg++) {
-                    if (!f16_config_on(cfg)) {
+                // the plan the shape picks, each configuration with K whole, then 1 and 3 with K in two
+                DeviceBuffer<uint8_t> workspace(bonsai_cuda_gemm_f16_workspace(M, K, N, 1, 2) + 1);
+                const int variants[][2] = {{0, 0}, {1, 1}, {2, 1}, {3, 1}, {1, 2}, {3, 2}};
+                for (const auto & v : variants) {
+                    if (v[0] > 0 && !f16_config_on(v[0])) {
                         continue;
                     }
                     const double cfg_us = time_us([&] {
-                        bonsai_cuda_gemm_f16(t.id, a.w, M, K, a.w_nb1, h.ptr, N, out.ptr, M * 4, cfg, 0);
+                        bonsai_cuda_gemm_f16(t.id, a.w, M, K, a.w_nb1, h.ptr, N, out.ptr, M * 4, v[0], v[1], workspace.ptr, 0);
                     });
-                    char key[24], buf[32];
-                    snprintf(key, sizeof(key), "f16_cfg%d_us", cfg);
+                    char key[32], buf[32];
+                    snprintf(key, sizeof(key), v[0] == 0 ? "f16_chosen_us" : "f16_cfg%d_k%d_us", v[0], v[1]);
                     line += ", " + jnum(key, cfg_us);
-                    snprintf(buf, sizeof(buf), " %5.0f", flops / cfg_us * 1e-6);
+                    snprintf(buf, sizeof(buf), "%s%5.0f", v[0] == 1 && v[1] == 1 ? " |" : " ", flops / cfg_us * 1e-6);
                     cfgs += buf;
                 }
                 CUDA_OK(cudaGetLastError());
@@ -878,7 +892,8 @@ static int profile_one(int type, int64_t M, int64_t N, int64_t K, int config) {
         DeviceBuffer<half> h(bonsai_cuda_act_f16_rows(N) * K);
         CUDA_OK(bonsai_cuda_convert_act_f16(dx.ptr, K, N, 4, K * 4, h.ptr, 0));
         for (int i = 0; i < 2; i++) {
-            CUDA_OK(bonsai_cuda_gemm_f16(type, dw.ptr, M, K, row_bytes(*t, K), h.ptr, N, out.ptr, M * 4, config - 100, 0));
+            CUDA_OK(bonsai_cuda_gemm_f16(type, dw.ptr, M, K, row_bytes(*t, K), h.ptr, N, out.ptr, M * 4, config - 100, 1,
+                                         nullptr, 0));
         }
         CUDA_OK(cudaDeviceSynchronize());
         return 0;
@@ -896,6 +911,7 @@ static int profile_one(int type, int64_t M, int64_t N, int64_t K, int config) {
 }
 
 int main(int argc, char ** argv) {
+    setvbuf(stdout, nullptr, _IOLBF, 0);  // line by line into a pipe: a hang shows where it is
     const char * json_path = nullptr;
     bool perf = true;
     for (int i = 1; i < argc; i++) {
@@ -948,10 +964,13 @@ int main(int argc, char ** argv) {
 #ifdef BONSAI_CUDA_SM90
         for (int cfg = 1; cfg <= BONSAI_CUDA_F16_CONFIGS; cfg++) {
             if (f16_config_on(cfg)) {
-                check_gemm_f16_exact(t, 200, 300, 768, cfg, rng, 0);
+                check_gemm_f16_exact(t, 200, 300, 768, cfg, 1, rng, 0);
+                check_gemm_f16_exact(t, 130, 17, 128, cfg, 1, rng, 0);  // one chunk; tails in M and N
+                check_gemm_f16_exact(t, 200, 300, 768, cfg, 4, rng, 0);  // K in 1 + 2 + 1 + 2 chunks
             }
         }
-        check_gemm_f16_exact(t, 3072, 512, 3072, 0, rng, 2000);
+        check_gemm_f16_exact(t, 3072, 512, 3072, 0, 0, rng, 2000);
+        check_gemm_f16_exact(t, 3072, 512, 12288, 0, 0, rng, 500);  // the planner splits this one
 #endif
     }
     printf("\nMUL_MAT entry point vs float64\n");
