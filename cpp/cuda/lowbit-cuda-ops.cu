@@ -216,81 +216,399 @@ static __global__ void dequantize_cpy_kernel(bonsai_cuda_cpy_args a, int64_t nsu
 }
 
 // ---- mat-vec: N <= 8 columns of f32 activations ---------------------------------------------
-// A warp computes ROWS weight rows; each lane walks 16-element sub-blocks and multiplies
-// their codes with the activations (contiguous per column, 16-byte aligned), which stay f32:
-// the result is exact up to fp32 rounding.
+// Built to stream the weights at memory speed. A warp owns MMV_ROWS weight rows and walks K in
+// steps of four 128-element chunks. Its lanes copy each step's raw row bytes (file layout) into
+// the warp's own ring of shared-memory stages with 16-byte cp.async pieces, MMV_STAGES - 1 steps
+// ahead; rows are only 2-byte aligned, so a step copies from the 16-byte boundary at or below its
+// first byte and the decoder starts that many bytes into the stage. Lane l decodes unit l % 8
+// (16 elements) of chunk l / 8 of every row of the warp against the same activations, loaded
+// once per step (per column group) into registers.
+// Weights decode exactly to (code - 1) as f32 with a mantissa trick (no int -> float convert);
+// products and sums are f32. When there are too few rows to fill the GPU, the warps of a block
+// split K between them and add their sums through shared memory.
 
-static constexpr int MMV_WARPS = 4;
-static constexpr int MMV_ROWS  = 2;
+static constexpr int MMV_WARPS  = 4;  // warps per block
+static constexpr int MMV_ROWS   = 4;  // weight rows per warp: one activation load serves all of them
+static constexpr int MMV_STAGES = 4;  // steps of weight bytes in flight per warp
+static constexpr int MMV_CHUNKS = 4;  // 128-element chunks per step: 8 lanes x 16 elements each
+static_assert((MMV_STAGES & (MMV_STAGES - 1)) == 0, "the ring index is a mask");
 
+template <int TYPE> struct mmv_geometry {
+    static constexpr int chunk_bytes = traits<TYPE>::bytes * (128 / traits<TYPE>::qk);
+    static constexpr int step_bytes  = MMV_CHUNKS * chunk_bytes;
+    // 16-byte pieces per row per stage: a step starts up to 14 bytes into its first piece
+    static constexpr int pieces      = (14 + step_bytes + 15) / 16;
+};
+
+static __device__ __forceinline__ void mmv_cp_async16(uint8_t * smem, const uint8_t * gmem) {
+    const uint32_t s = (uint32_t) __cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+
+static __device__ __forceinline__ void mmv_cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N> static __device__ __forceinline__ void mmv_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+static __device__ __forceinline__ uint32_t mmv_u16(const uint8_t * p) {
+    return *(const uint16_t *) p;
+}
+
+static __device__ __forceinline__ float mmv_half(const uint8_t * p) {
+    return __half2float(__ushort_as_half(*(const uint16_t *) p));
+}
+
+// Exact (code - 1) as f32 by OR-ing the code into the mantissa of a constant M whose last
+// mantissa bit weighs 1 / (the code's place value), then subtracting M + 1 (exact, no rounding).
+// A 2-bit code at bits 2i..2i+1: M = 1.5 * 2^(23 - 2i).
+static __device__ __forceinline__ float mmv_code2(uint32_t bits, int i) {
+    const uint32_t magic = ((150u - 2 * i) << 23) | 0x400000u;
+    return __uint_as_float((bits & (3u << (2 * i))) | magic) - (__uint_as_float(magic) + 1.0f);
+}
+
+// A Q1_0 sign bit at bit i + 1 (code 2 * bit): M = 1.5 * 2^(23 - i), the bit weighs 2.
+static __device__ __forceinline__ float mmv_code1(uint32_t bits_shl1, int i) {
+    const uint32_t magic = ((150u - i) << 23) | 0x400000u;
+    return __uint_as_float((bits_shl1 & (2u << i)) | magic) - (__uint_as_float(magic) + 1.0f);
+}
+
+// A trit at bits 8..9 (M = 1.5 * 2^15) or at bits 18..19 (M = 1.5 * 2^5).
+static __device__ __forceinline__ float mmv_trit8(uint32_t v) {
+    return __uint_as_float((v & 0x300u) | 0x47400000u) - 49153.0f;
+}
+
+static __device__ __forceinline__ float mmv_trit18(uint32_t v) {
+    return __uint_as_float((v & 0xc0000u) | 0x42400000u) - 49.0f;
+}
+
+// Unit u (0..7) of a 128-element chunk in shared memory (2-byte aligned): its 16 weights as
+// code - 1 in the order mmv_unit_x loads their activations, and the scale d.
+template <int TYPE> static __device__ void mmv_unit(const uint8_t * chunk, int u, float (&v)[16], float & d);
+
+// Q1_0: elements 16u + i, bit i of bytes 2u, 2u + 1 of qs.
+template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_Q1_0>(const uint8_t * chunk, int u, float (&v)[16], float & d) {
+    d = mmv_half(chunk);
+    const uint32_t bits = mmv_u16(chunk + 2 + 2 * u) << 1;
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        v[i] = mmv_code1(bits, i);
+    }
+}
+
+// Q2_0 (two 64-element blocks per chunk) and PQ2_0: elements 16u + i, 2-bit fields of the
+// unit's four code bytes.
+template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_Q2_0>(const uint8_t * chunk, int u, float (&v)[16], float & d) {
+    const uint8_t * block = chunk + (u / 4) * (int) sizeof(block_q2_0);
+    d = mmv_half(block);
+    const uint32_t lo = mmv_u16(block + 2 + 4 * (u % 4));
+    const uint32_t hi = mmv_u16(block + 4 + 4 * (u % 4));
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        v[i]     = mmv_code2(lo, i);
+        v[8 + i] = mmv_code2(hi, i);
+    }
+}
+
+template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_PQ2_0>(const uint8_t * chunk, int u, float (&v)[16], float & d) {
+    d = mmv_half(chunk);
+    const uint32_t lo = mmv_u16(chunk + 2 + 4 * u);
+    const uint32_t hi = mmv_u16(chunk + 4 + 4 * u);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        v[i]     = mmv_code2(lo, i);
+        v[8 + i] = mmv_code2(hi, i);
+    }
+}
+
+// PTQ1_0 (DESIGN §4 placement): the five trits of qs[2u] and qs[2u + 1] (elements 16n + 2u and
+// 16n + 2u + 1), the five of qs[16 + u] (80 + 8n + u) and trit u / 2 of qh[u % 2] (120 + u).
+// Two bytes ride in one register, at bits 0..7 and 10..17: times 3, each byte's top third (its
+// next trit) lands at bits 8..9 / 18..19 and the low eight bits of each are the rest.
+template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_PTQ1_0>(const uint8_t * chunk, int u, float (&v)[16], float & d) {
+    d = mmv_half(chunk + 26);
+    const uint32_t pair = mmv_u16(chunk + 2 * u);
+    uint32_t       a    = pair + 3 * (pair & 0xff00u);  // qs[2u + 1] moved from bit 8 to bit 10
+    // qh[u % 2] with its first u / 2 trits dropped (times 3^(u / 2), mod 256), next to qs[16 + u]
+    const uint32_t pow3 = u < 2 ? 1u : u < 4 ? 3u : u < 6 ? 9u : 27u;
+    const uint32_t qh   = (chunk[24 + u % 2] * pow3) & 0xffu;
+    uint32_t       b    = chunk[16 + u] | (qh << 10);
+#pragma unroll
+    for (int n = 0; n < 5; n++) {
+        a *= 3;
+        b *= 3;
+        v[2 * n]     = mmv_trit8(a);
+        v[2 * n + 1] = mmv_trit18(a);
+        v[10 + n]    = mmv_trit8(b);
+        if (n == 0) {
+            v[15] = mmv_trit18(b);
+        }
+        a &= 0x3fcffu;
+        b &= 0x3fcffu;
+    }
+}
+
+// The activations of unit u for one column (x: the chunk's first element, 16-byte aligned).
+template <int TYPE> static __device__ __forceinline__ void mmv_unit_x(const float * x, int u, float (&xv)[16]) {
+    if constexpr (TYPE == BONSAI_TYPE_PTQ1_0) {
+#pragma unroll
+        for (int n = 0; n < 5; n++) {
+            const float2 pair = __ldg((const float2 *) (x + 16 * n + 2 * u));
+            xv[2 * n]         = pair.x;
+            xv[2 * n + 1]     = pair.y;
+            xv[10 + n]        = __ldg(x + 80 + 8 * n + u);
+        }
+        xv[15] = __ldg(x + 120 + u);
+    } else {
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const float4 quad = __ldg((const float4 *) (x + 16 * u) + q);
+            xv[4 * q]         = quad.x;
+            xv[4 * q + 1]     = quad.y;
+            xv[4 * q + 2]     = quad.z;
+            xv[4 * q + 3]     = quad.w;
+        }
+    }
+}
+
+// The activations of a column group: for each of its NCG columns the lane's unit.
+template <int TYPE, int NCG>
+static __device__ __forceinline__ void mmv_load_x(const char * xcol, size_t x_nb1, int u, float (&xv)[NCG][16]) {
+#pragma unroll
+    for (int c = 0; c < NCG; c++) {
+        mmv_unit_x<TYPE>((const float *) (xcol + c * x_nb1), u, xv[c]);
+    }
+}
+
+// One step of columns [C0, C0 + NCG): every row's unit is decoded once and multiplied with the
+// NCG columns' activations. Rows past M run too, on stale stage bytes (the decode of any bytes
+// is finite, d may not be), and are never stored: no branch keeps the rows apart.
+template <int TYPE, int NC, int C0, int NCG>
+static __device__ __forceinline__ void mmv_rows(const uint8_t * const (&unit_chunk)[MMV_ROWS], int u,
+                                                const float (&xv)[NCG][16], float (&acc)[MMV_ROWS][NC]) {
+#pragma unroll
+    for (int r = 0; r < MMV_ROWS; r++) {
+        float v[16], d;
+        mmv_unit<TYPE>(unit_chunk[r], u, v, d);
+#pragma unroll
+        for (int c = 0; c < NCG; c++) {
+            float even = 0.0f, odd = 0.0f;  // two chains, for latency
+#pragma unroll
+            for (int i = 0; i < 16; i += 2) {
+                even = fmaf(v[i], xv[c][i], even);
+                odd  = fmaf(v[i + 1], xv[c][i + 1], odd);
+            }
+            acc[r][C0 + c] = fmaf(d, even + odd, acc[r][C0 + c]);
+        }
+    }
+}
+
+// Column groups: up to four columns in one; more in two, each decoding the weights again, so
+// that a group's activations fit in registers.
+template <int NC> struct mmv_groups {
+    static constexpr int first  = NC <= 4 ? NC : (NC + 1) / 2;
+    static constexpr int second = NC - first;
+};
+
+// Blocks per SM to fit in registers: more columns hold more activations and sums.
+static constexpr int mmv_min_blocks(int nc) {
+    return nc == 1 ? 8 : nc == 2 ? 6 : nc <= 4 ? 4 : nc <= 6 ? 3 : 2;
+}
+
+// grid: (row groups / groups per block, ne2 * ne3 slices). Warp w of a block takes row group
+// w / ksplit of the block and share w % ksplit of the K steps.
 template <int TYPE, int NC>
-static __global__ void __launch_bounds__(MMV_WARPS * 32) mmv_kernel(
-        const uint8_t * __restrict__ w, int64_t M, int64_t K, size_t w_nb1, size_t w_nb2, size_t w_nb3,
+static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv_kernel(
+        const uint8_t * __restrict__ w, int64_t M, int chunks, size_t w_nb1, size_t w_nb2, size_t w_nb3,
         int64_t r2, int64_t r3, int64_t ne2, const float * __restrict__ x, size_t x_nb1, size_t x_nb2,
-        size_t x_nb3, float * __restrict__ dst, size_t d_nb1, size_t d_nb2, size_t d_nb3) {
-    constexpr int SUBS  = traits<TYPE>::qk / 16;
-    constexpr int BYTES = traits<TYPE>::bytes;
-    const int     lane  = threadIdx.x % 32;
-    const int64_t row0  = ((int64_t) blockIdx.x * MMV_WARPS + threadIdx.x / 32) * MMV_ROWS;
-    const int64_t i2    = blockIdx.y % ne2;
-    const int64_t i3    = blockIdx.y / ne2;
-    if (row0 >= M) {
-        return;
-    }
-    const uint8_t * wr[MMV_ROWS];
-#pragma unroll
-    for (int r = 0; r < MMV_ROWS; r++) {
-        wr[r] = w + min(row0 + r, M - 1) * w_nb1 + (i2 / r2) * w_nb2 + (i3 / r3) * w_nb3;
-    }
-    const char * xs = (const char *) x + i2 * x_nb2 + i3 * x_nb3;
+        size_t x_nb3, float * __restrict__ dst, size_t d_nb1, size_t d_nb2, size_t d_nb3, int ksplit) {
+    using G = mmv_geometry<TYPE>;
+    constexpr int SLOT   = G::pieces * 16;                           // bytes per row per stage
+    constexpr int JOBS   = MMV_ROWS * G::pieces;                     // 16-byte pieces per stage
+    constexpr int COPIES = (JOBS + 31) / 32;                         // of them per lane
+    constexpr int NC0    = mmv_groups<NC>::first;
+    constexpr int NC1    = mmv_groups<NC>::second;
 
-    float acc[MMV_ROWS][NC] = {};
-    const int64_t subs = K / 16;
-    for (int64_t s = lane; s < subs; s += 32) {
-        float4 xv[NC][4];
+    __shared__ __align__(16) uint8_t ring[MMV_WARPS][MMV_STAGES][MMV_ROWS][SLOT];
+    __shared__ float partial[MMV_WARPS][MMV_ROWS][NC];
+
+    const int     lane = threadIdx.x % 32;
+    const int     warp = threadIdx.x / 32;
+    const int     part = warp % ksplit;
+    const int64_t row0 = ((int64_t) blockIdx.x * (MMV_WARPS / ksplit) + warp / ksplit) * MMV_ROWS;
+    const int     rows = (int) max((int64_t) 0, min((int64_t) MMV_ROWS, M - row0));
+    const int64_t i2   = blockIdx.y % ne2;
+    const int64_t i3   = blockIdx.y / ne2;
+
+    const uint8_t * ws = w + (i2 / r2) * w_nb2 + (i3 / r3) * w_nb3;
+    const char    * xs = (const char *) x + i2 * x_nb2 + i3 * x_nb3;
+    // The slice's bytes: 16-byte pieces that reach outside them (only possible at its very start
+    // and end) are copied two bytes at a time instead.
+    const uintptr_t lo = (uintptr_t) ws;
+    const uintptr_t hi = lo + (size_t) (M - 1) * w_nb1 + (size_t) chunks * G::chunk_bytes;
+
+    const int steps      = (chunks + MMV_CHUNKS - 1) / MMV_CHUNKS;
+    const int step_begin = steps * part / ksplit;
+    const int step_end   = rows > 0 ? steps * (part + 1) / ksplit : step_begin;  // none past M
+
+    // The lane's copy jobs, the same every step: piece job % pieces of row job / pieces.
+    uintptr_t job_row_start[COPIES];
+    int       job_piece[COPIES];  // byte offset of the piece in the row's slot
+    int       job_slot[COPIES];   // byte offset of the row's slot in a stage
+    bool      job_on[COPIES];
 #pragma unroll
-        for (int c = 0; c < NC; c++) {
-            const float4 * xp = (const float4 *) (xs + c * x_nb1) + s * 4;
+    for (int j = 0; j < COPIES; j++) {
+        const int job    = lane + 32 * j;
+        const int r      = job / G::pieces;
+        job_on[j]        = job < JOBS && r < rows;
+        job_row_start[j] = lo + (size_t) (row0 + r) * w_nb1;
+        job_piece[j]     = (job % G::pieces) * 16;
+        job_slot[j]      = r * SLOT;
+    }
+    // The pieces of a row reach from its start rounded down to 16 bytes to its end rounded up:
+    // they stay inside the slice but for its first and last rows, if those are not aligned.
+    const uintptr_t warp_begin = lo + (size_t) row0 * w_nb1;
+    const uintptr_t warp_end   = lo + (size_t) (row0 + max(rows, 1) - 1) * w_nb1 + (size_t) chunks * G::chunk_bytes;
+    const bool      interior   = (warp_begin & ~(uintptr_t) 15) >= lo && ((warp_end + 15) & ~(uintptr_t) 15) <= hi;
+    uint8_t * const warp_ring  = &ring[warp][0][0][0];
+
+    // Copies step `step`'s bytes of every row into stage step % MMV_STAGES: the pieces from the
+    // 16-byte boundary at or below the step's first byte up to its last byte.
+    auto issue = [&](int step) {
+        const int len   = min(MMV_CHUNKS, chunks - step * MMV_CHUNKS) * G::chunk_bytes;
+        uint8_t * stage = warp_ring + (step & (MMV_STAGES - 1)) * (MMV_ROWS * SLOT);
 #pragma unroll
-            for (int q = 0; q < 4; q++) {
-                xv[c][q] = xp[q];
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < MMV_ROWS; r++) {
-            float d;
-            const uint32_t codes = codes16<TYPE>(wr[r] + (s / SUBS) * BYTES, (int) (s % SUBS), d);
-            float v[16];
-#pragma unroll
-            for (int i = 0; i < 16; i++) {
-                v[i] = code_value(codes, i);
-            }
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                float sum = 0.0f;
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    sum = fmaf(v[4 * q + 0], xv[c][q].x, sum);
-                    sum = fmaf(v[4 * q + 1], xv[c][q].y, sum);
-                    sum = fmaf(v[4 * q + 2], xv[c][q].z, sum);
-                    sum = fmaf(v[4 * q + 3], xv[c][q].w, sum);
+        for (int j = 0; j < COPIES; j++) {
+            const uintptr_t first = job_row_start[j] + (size_t) step * G::step_bytes;
+            const int       phase = (int) (first & 15);
+            if (job_on[j] && job_piece[j] < phase + len) {
+                const uintptr_t src = first - phase + job_piece[j];
+                uint8_t *       to  = stage + job_slot[j] + job_piece[j];
+                if (interior || (src >= lo && src + 16 <= hi)) {
+                    mmv_cp_async16(to, (const uint8_t *) src);
+                } else {  // a piece reaching outside the slice: only its own bytes
+#pragma unroll 1
+                    for (int h = 0; h < 16; h += 2) {
+                        if (src + h >= lo && src + h + 2 <= hi) {
+                            *(uint16_t *) (to + h) = *(const uint16_t *) (src + h);
+                        }
+                    }
                 }
-                acc[r][c] = fmaf(d, sum, acc[r][c]);
             }
         }
+    };
+
+    // Where the lane's chunk of row r starts in a stage: past the step's phase (its first byte's
+    // address modulo 16), which alternates between even and odd steps when a step is not a
+    // whole number of 16-byte pieces.
+    static_assert(G::step_bytes % 8 == 0, "two phases per row");
+    int unit_even[MMV_ROWS];
+    int unit_odd[MMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < MMV_ROWS; r++) {
+        const int phase = (int) ((lo + (size_t) (row0 + r) * w_nb1) & 15);
+        unit_even[r]    = r * SLOT + (lane / 8) * G::chunk_bytes + phase;
+        unit_odd[r]     = r * SLOT + (lane / 8) * G::chunk_bytes + ((phase + G::step_bytes) & 15);
+    }
+
+    float acc[MMV_ROWS][NC];
+#pragma unroll
+    for (int r = 0; r < MMV_ROWS; r++) {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            acc[r][c] = 0.0f;
+        }
+    }
+
+#pragma unroll
+    for (int s = 0; s < MMV_STAGES - 1; s++) {
+        if (step_begin + s < step_end) {
+            issue(step_begin + s);
+        }
+        mmv_cp_async_commit();
+    }
+
+    const int u = lane % 8;
+    for (int step = step_begin; step < step_end; step++) {
+        if (step + MMV_STAGES - 1 < step_end) {
+            issue(step + MMV_STAGES - 1);
+        }
+        mmv_cp_async_commit();
+
+        // The activations go out before the wait for the weights.
+        const int    chunk  = step * MMV_CHUNKS + lane / 8;
+        const bool   active = chunk < chunks;  // lanes past K in the last step idle
+        const char * xcol   = xs + (size_t) chunk * 128 * sizeof(float);
+        float xv0[NC0][16];
+        if (active) {
+            mmv_load_x<TYPE, NC0>(xcol, x_nb1, u, xv0);
+        }
+
+        mmv_cp_async_wait<MMV_STAGES - 1>();
+        __syncwarp();  // every lane's pieces of this step have landed
+
+        if (active) {
+            const uint8_t * stage = warp_ring + (step & (MMV_STAGES - 1)) * (MMV_ROWS * SLOT);
+            const uint8_t * unit_chunk[MMV_ROWS];
+#pragma unroll
+            for (int r = 0; r < MMV_ROWS; r++) {
+                unit_chunk[r] = stage + (step & 1 ? unit_odd[r] : unit_even[r]);
+            }
+            mmv_rows<TYPE, NC, 0, NC0>(unit_chunk, u, xv0, acc);
+            if constexpr (NC1 > 0) {
+                float xv1[NC1][16];
+                mmv_load_x<TYPE, NC1>(xcol + NC0 * x_nb1, x_nb1, u, xv1);
+                mmv_rows<TYPE, NC, NC0, NC1>(unit_chunk, u, xv1, acc);
+            }
+        }
+        __syncwarp();  // every lane is done with this stage before it is refilled
     }
 
 #pragma unroll
     for (int r = 0; r < MMV_ROWS; r++) {
 #pragma unroll
         for (int c = 0; c < NC; c++) {
-            float v = acc[r][c];
 #pragma unroll
             for (int offset = 16; offset > 0; offset >>= 1) {
-                v += __shfl_xor_sync(0xffffffffu, v, offset);
+                acc[r][c] += __shfl_xor_sync(0xffffffffu, acc[r][c], offset);
             }
-            if (lane == 0 && row0 + r < M) {
-                *(float *) ((char *) dst + (row0 + r) * sizeof(float) + c * d_nb1 + i2 * d_nb2 + i3 * d_nb3) = v;
+        }
+    }
+
+    if (ksplit > 1) {  // the first warp of each row group adds the others' shares
+        if (part > 0 && lane == 0) {
+#pragma unroll
+            for (int r = 0; r < MMV_ROWS; r++) {
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    partial[warp][r][c] = acc[r][c];
+                }
+            }
+        }
+        __syncthreads();
+        if (part > 0) {
+            return;
+        }
+        for (int p = 1; p < ksplit; p++) {
+#pragma unroll
+            for (int r = 0; r < MMV_ROWS; r++) {
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    acc[r][c] += partial[warp + p][r][c];
+                }
+            }
+        }
+    }
+
+    char * ds = (char *) dst + i2 * d_nb2 + i3 * d_nb3;
+#pragma unroll
+    for (int r = 0; r < MMV_ROWS; r++) {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            if (r < rows && lane == (r * NC + c) % 32) {
+                *(float *) (ds + (row0 + r) * sizeof(float) + c * d_nb1) = acc[r][c];
             }
         }
     }
@@ -309,13 +627,44 @@ static __global__ void gather_cols_kernel(const char * __restrict__ x, int64_t K
     y[(slice * N + n) * K + k] = *(const float *) (x + k * nb0 + n * nb1 + i2 * nb2 + i3 * nb3);
 }
 
+// Warps of mmv_kernel<TYPE, NC> that the current device holds at once (cached per device).
+template <int TYPE, int NC> static int64_t mmv_resident_warps() {
+    static int blocks[64];
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) {
+        return 132 * 32;
+    }
+    if (blocks[device] == 0) {
+        int per_sm = 0, sms = 0;
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mmv_kernel<TYPE, NC>, MMV_WARPS * 32, 0);
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+        blocks[device] = max(per_sm, 1) * max(sms, 1);
+    }
+    return (int64_t) blocks[device] * MMV_WARPS;
+}
+
 template <int TYPE, int NC>
 static cudaError_t launch_mmv(const bonsai_cuda_matmul_args & a, const float * x, size_t x_nb1, size_t x_nb2,
                               size_t x_nb3, cudaStream_t stream) {
-    const dim3 grid((unsigned) ((a.M + MMV_WARPS * MMV_ROWS - 1) / (MMV_WARPS * MMV_ROWS)), (unsigned) (a.ne2 * a.ne3));
+    const int     chunks   = (int) (a.K / 128);
+    const int     steps    = (chunks + MMV_CHUNKS - 1) / MMV_CHUNKS;
+    const int64_t groups   = (a.M + MMV_ROWS - 1) / MMV_ROWS;
+    const int64_t warps    = groups * a.ne2 * a.ne3;
+    const int64_t resident = mmv_resident_warps<TYPE, NC>();
+    // Less than a wave and a half of warps (all take about as long): the last wave would leave
+    // the GPU mostly idle, or the first would not fill it. Split K between a block's warps until
+    // there are two waves.
+    int ksplit = 1;
+    if (2 * warps < 3 * resident) {
+        while (ksplit < MMV_WARPS && 2 * ksplit <= steps && warps * ksplit < 2 * resident) {
+            ksplit *= 2;
+        }
+    }
+    const int  per_block = MMV_WARPS / ksplit;  // row groups per block
+    const dim3 grid((unsigned) ((groups + per_block - 1) / per_block), (unsigned) (a.ne2 * a.ne3));
     mmv_kernel<TYPE, NC><<<grid, MMV_WARPS * 32, 0, stream>>>(
-        (const uint8_t *) a.w, a.M, a.K, a.w_nb1, a.w_nb2, a.w_nb3, a.ne2 / a.w_ne2, a.ne3 / a.w_ne3, a.ne2, x,
-        x_nb1, x_nb2, x_nb3, a.dst, a.d_nb1, a.d_nb2, a.d_nb3);
+        (const uint8_t *) a.w, a.M, chunks, a.w_nb1, a.w_nb2, a.w_nb3, a.ne2 / a.w_ne2, a.ne3 / a.w_ne3, a.ne2, x,
+        x_nb1, x_nb2, x_nb3, a.dst, a.d_nb1, a.d_nb2, a.d_nb3, ksplit);
     return cudaGetLastError();
 }
 
