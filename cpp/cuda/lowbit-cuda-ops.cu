@@ -4,6 +4,7 @@
 
 #include "lowbit-cuda.h"
 #include "lowbit-cuda-common.cuh"
+#include "lowbit-cuda-gemm.cuh"
 
 #include <cstdlib>
 #include <cstring>
@@ -234,32 +235,10 @@ static constexpr int MMV_CHUNKS = 4;  // 128-element chunks per step: 8 lanes x 
 static_assert((MMV_STAGES & (MMV_STAGES - 1)) == 0, "the ring index is a mask");
 
 template <int TYPE> struct mmv_geometry {
-    static constexpr int chunk_bytes = traits<TYPE>::bytes * (128 / traits<TYPE>::qk);
-    static constexpr int step_bytes  = MMV_CHUNKS * chunk_bytes;
+    static constexpr int step_bytes  = MMV_CHUNKS * chunk_bytes(TYPE);
     // 16-byte pieces per row per stage: a step starts up to 14 bytes into its first piece
     static constexpr int pieces      = (14 + step_bytes + 15) / 16;
 };
-
-static __device__ __forceinline__ void mmv_cp_async16(uint8_t * smem, const uint8_t * gmem) {
-    const uint32_t s = (uint32_t) __cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-
-static __device__ __forceinline__ void mmv_cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-
-template <int N> static __device__ __forceinline__ void mmv_cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-static __device__ __forceinline__ uint32_t mmv_u16(const uint8_t * p) {
-    return *(const uint16_t *) p;
-}
-
-static __device__ __forceinline__ float mmv_half(const uint8_t * p) {
-    return __half2float(__ushort_as_half(*(const uint16_t *) p));
-}
 
 // Exact (code - 1) as f32 by OR-ing the code into the mantissa of a constant M whose last
 // mantissa bit weighs 1 / (the code's place value), then subtracting M + 1 (exact, no rounding).
@@ -290,8 +269,8 @@ template <int TYPE> static __device__ void mmv_unit(const uint8_t * chunk, int u
 
 // Q1_0: elements 16u + i, bit i of bytes 2u, 2u + 1 of qs.
 template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_Q1_0>(const uint8_t * chunk, int u, float (&v)[16], float & d) {
-    d = mmv_half(chunk);
-    const uint32_t bits = mmv_u16(chunk + 2 + 2 * u) << 1;
+    d = load_half(chunk);
+    const uint32_t bits = load_u16(chunk + 2 + 2 * u) << 1;
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         v[i] = mmv_code1(bits, i);
@@ -302,9 +281,9 @@ template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_Q1_0>(const uin
 // unit's four code bytes.
 template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_Q2_0>(const uint8_t * chunk, int u, float (&v)[16], float & d) {
     const uint8_t * block = chunk + (u / 4) * (int) sizeof(block_q2_0);
-    d = mmv_half(block);
-    const uint32_t lo = mmv_u16(block + 2 + 4 * (u % 4));
-    const uint32_t hi = mmv_u16(block + 4 + 4 * (u % 4));
+    d = load_half(block);
+    const uint32_t lo = load_u16(block + 2 + 4 * (u % 4));
+    const uint32_t hi = load_u16(block + 4 + 4 * (u % 4));
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         v[i]     = mmv_code2(lo, i);
@@ -313,9 +292,9 @@ template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_Q2_0>(const uin
 }
 
 template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_PQ2_0>(const uint8_t * chunk, int u, float (&v)[16], float & d) {
-    d = mmv_half(chunk);
-    const uint32_t lo = mmv_u16(chunk + 2 + 4 * u);
-    const uint32_t hi = mmv_u16(chunk + 4 + 4 * u);
+    d = load_half(chunk);
+    const uint32_t lo = load_u16(chunk + 2 + 4 * u);
+    const uint32_t hi = load_u16(chunk + 4 + 4 * u);
 #pragma unroll
     for (int i = 0; i < 8; i++) {
         v[i]     = mmv_code2(lo, i);
@@ -328,8 +307,8 @@ template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_PQ2_0>(const ui
 // Two bytes ride in one register, at bits 0..7 and 10..17: times 3, each byte's top third (its
 // next trit) lands at bits 8..9 / 18..19 and the low eight bits of each are the rest.
 template <> __device__ __forceinline__ void mmv_unit<BONSAI_TYPE_PTQ1_0>(const uint8_t * chunk, int u, float (&v)[16], float & d) {
-    d = mmv_half(chunk + 26);
-    const uint32_t pair = mmv_u16(chunk + 2 * u);
+    d = load_half(chunk + 26);
+    const uint32_t pair = load_u16(chunk + 2 * u);
     uint32_t       a    = pair + 3 * (pair & 0xff00u);  // qs[2u + 1] moved from bit 8 to bit 10
     // qh[u % 2] with its first u / 2 trits dropped (times 3^(u / 2), mod 256), next to qs[16 + u]
     const uint32_t pow3 = u < 2 ? 1u : u < 4 ? 3u : u < 6 ? 9u : 27u;
@@ -414,7 +393,7 @@ template <int NC> struct mmv_groups {
 
 // Blocks per SM to fit in registers: more columns hold more activations and sums.
 static constexpr int mmv_min_blocks(int nc) {
-    return nc == 1 ? 8 : nc == 2 ? 6 : nc <= 4 ? 4 : nc <= 6 ? 3 : 2;
+    return nc == 1 ? 8 : nc == 2 ? 6 : nc <= 4 ? 4 : nc == 5 ? 3 : 2;
 }
 
 // grid: (row groups / groups per block, ne2 * ne3 slices). Warp w of a block takes row group
@@ -447,7 +426,7 @@ static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv
     // The slice's bytes: 16-byte pieces that reach outside them (only possible at its very start
     // and end) are copied two bytes at a time instead.
     const uintptr_t lo = (uintptr_t) ws;
-    const uintptr_t hi = lo + (size_t) (M - 1) * w_nb1 + (size_t) chunks * G::chunk_bytes;
+    const uintptr_t hi = lo + (size_t) (M - 1) * w_nb1 + (size_t) chunks * chunk_bytes(TYPE);
 
     const int steps      = (chunks + MMV_CHUNKS - 1) / MMV_CHUNKS;
     const int step_begin = steps * part / ksplit;
@@ -470,14 +449,14 @@ static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv
     // The pieces of a row reach from its start rounded down to 16 bytes to its end rounded up:
     // they stay inside the slice but for its first and last rows, if those are not aligned.
     const uintptr_t warp_begin = lo + (size_t) row0 * w_nb1;
-    const uintptr_t warp_end   = lo + (size_t) (row0 + max(rows, 1) - 1) * w_nb1 + (size_t) chunks * G::chunk_bytes;
+    const uintptr_t warp_end   = lo + (size_t) (row0 + max(rows, 1) - 1) * w_nb1 + (size_t) chunks * chunk_bytes(TYPE);
     const bool      interior   = (warp_begin & ~(uintptr_t) 15) >= lo && ((warp_end + 15) & ~(uintptr_t) 15) <= hi;
     uint8_t * const warp_ring  = &ring[warp][0][0][0];
 
     // Copies step `step`'s bytes of every row into stage step % MMV_STAGES: the pieces from the
     // 16-byte boundary at or below the step's first byte up to its last byte.
     auto issue = [&](int step) {
-        const int len   = min(MMV_CHUNKS, chunks - step * MMV_CHUNKS) * G::chunk_bytes;
+        const int len   = min(MMV_CHUNKS, chunks - step * MMV_CHUNKS) * chunk_bytes(TYPE);
         uint8_t * stage = warp_ring + (step & (MMV_STAGES - 1)) * (MMV_ROWS * SLOT);
 #pragma unroll
         for (int j = 0; j < COPIES; j++) {
@@ -487,7 +466,7 @@ static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv
                 const uintptr_t src = first - phase + job_piece[j];
                 uint8_t *       to  = stage + job_slot[j] + job_piece[j];
                 if (interior || (src >= lo && src + 16 <= hi)) {
-                    mmv_cp_async16(to, (const uint8_t *) src);
+                    cp_async16(to, (const uint8_t *) src);
                 } else {  // a piece reaching outside the slice: only its own bytes
 #pragma unroll 1
                     for (int h = 0; h < 16; h += 2) {
@@ -509,8 +488,8 @@ static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv
 #pragma unroll
     for (int r = 0; r < MMV_ROWS; r++) {
         const int phase = (int) ((lo + (size_t) (row0 + r) * w_nb1) & 15);
-        unit_even[r]    = r * SLOT + (lane / 8) * G::chunk_bytes + phase;
-        unit_odd[r]     = r * SLOT + (lane / 8) * G::chunk_bytes + ((phase + G::step_bytes) & 15);
+        unit_even[r]    = r * SLOT + (lane / 8) * chunk_bytes(TYPE) + phase;
+        unit_odd[r]     = r * SLOT + (lane / 8) * chunk_bytes(TYPE) + ((phase + G::step_bytes) & 15);
     }
 
     float acc[MMV_ROWS][NC];
@@ -527,7 +506,7 @@ static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv
         if (step_begin + s < step_end) {
             issue(step_begin + s);
         }
-        mmv_cp_async_commit();
+        cp_async_commit();
     }
 
     const int u = lane % 8;
@@ -535,7 +514,7 @@ static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv
         if (step + MMV_STAGES - 1 < step_end) {
             issue(step + MMV_STAGES - 1);
         }
-        mmv_cp_async_commit();
+        cp_async_commit();
 
         // The activations go out before the wait for the weights.
         const int    chunk  = step * MMV_CHUNKS + lane / 8;
@@ -546,7 +525,7 @@ static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv
             mmv_load_x<TYPE, NC0>(xcol, x_nb1, u, xv0);
         }
 
-        mmv_cp_async_wait<MMV_STAGES - 1>();
+        cp_async_wait<MMV_STAGES - 1>();
         __syncwarp();  // every lane's pieces of this step have landed
 
         if (active) {
