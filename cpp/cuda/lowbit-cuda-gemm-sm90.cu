@@ -18,6 +18,8 @@
 //     128-byte swizzled), so one producer thread moves a BN-token stage with one bulk copy whose
 //     bytes an mbarrier counts; the consumers hand the stage back through a second mbarrier.
 //     The producer warpgroup gives its registers to the consumers (setmaxnreg).
+//   - Where the tiles are too few for the SMs, K is split: each part writes its own slice of a
+//     partial buffer and a second kernel adds the slices in order (plan_f16).
 // In-chunk order: thread t's four columns of k16 number s (of the chunk's 8) come from code word
 // t + 4 (s / 4) (elements 16w .. 16w + 15 of the chunk); its pairs (2t, 2t+1) and (2t+8, 2t+9)
 // are fields (j, j + 8) of that word with j = 2 (s % 4) and 2 (s % 4) + 1: one shift and mask
@@ -323,10 +325,10 @@ static __global__ void __launch_bounds__((WGS + 1) * 128, MIN_BLOCKS) gemm_f16_k
     extern __shared__ uint8_t smem_unaligned[];
     const uint32_t smem_base = smem_u32(smem_unaligned);
     uint8_t  * smem  = smem_unaligned + (((smem_base + 1023) & ~1023u) - smem_base);
-    uint8_t  * s_b   = smem;                                   // [STAGES][BN][128] activations
-    uint8_t  * s_raw = s_b + STAGES * S::b_stage;           // [warp][RAW_STAGES][16][RAW_SLOT]
+    uint8_t  * s_b   = smem;                                          // [STAGES][BN][128] activations
+    uint8_t  * s_raw = s_b + STAGES * S::b_stage;                      // [warp][RAW_STAGES][16][RAW_SLOT]
     uint64_t * full  = (uint64_t *) (s_raw + WGS * 4 * S::raw_warp);  // stage landed
-    uint64_t * empty = full + STAGES;                               // stage read by every warp
+    uint64_t * empty = full + STAGES;                                  // stage read by every warp
 
     const int tid  = threadIdx.x;
     const int warp = tid / 32;
