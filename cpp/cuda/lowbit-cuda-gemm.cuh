@@ -1,6 +1,7 @@
-// Pieces shared by the two GEMMs of the low-bit types (lowbit-cuda-gemm.cu: int8 mma.sync,
-// sm_80+; lowbit-cuda-gemm-sm90.cu: f16 wgmma, sm_90a): the chunk geometry of the weight rows
-// in shared memory and the cp.async wrappers.
+// Pieces shared by the kernels that stream weight rows through shared memory (lowbit-cuda-gemm.cu:
+// the int8 mma.sync GEMM, sm_80+; lowbit-cuda-gemm-sm90.cu: the f16 wgmma GEMM, sm_90a;
+// lowbit-cuda-ops.cu: the mat-vec): the chunk geometry of the weight rows and the cp.async
+// wrappers.
 
 #ifndef BONSAI_LOWBIT_CUDA_GEMM_CUH
 #define BONSAI_LOWBIT_CUDA_GEMM_CUH
