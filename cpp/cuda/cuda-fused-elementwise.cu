@@ -12,6 +12,7 @@ namespace {
 
 constexpr int NORM_THREADS = 256;
 constexpr int ELEMENTWISE_THREADS = 256;
+constexpr int64_t ROPE_MAX_PAIRS = 4096;  // the per-block frequency table: 16 KB of shared memory
 
 bool env_set(const char * name) {
     const char * value = std::getenv(name);
@@ -226,15 +227,38 @@ int fuse_gated_residual(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, i
     return j_add - i;
 }
 
+// sin and cos of a float angle from its remainder modulo pi/2, for angles up to ~1e5 radians.
+// ggml-cuda builds with -use_fast_math, whose sinf/cosf lose accuracy as the argument grows (FLUX's
+// text positions reach 511 radians). The remainder is taken in double (the float angle is exact
+// there and k * pi/2 errs by under 1e-11), rounded once to float, and then |r| <= pi/4 + a little,
+// where the Taylor series below are accurate to under 1e-9 before float rounding.
+__device__ __forceinline__ float2 sincos_of_angle(float theta) {
+    const float k = rintf(theta * 0.636619772f);  // nearest multiple of pi/2
+    const float r = (float) ((double) theta - (double) k * 1.5707963267948966);
+    const float r2 = r * r;
+    const float sin_r = r + r * r2 * (-1.0f / 6 + r2 * (1.0f / 120 + r2 * (-1.0f / 5040 + r2 * (1.0f / 362880))));
+    const float cos_r = 1.0f + r2 * (-0.5f + r2 * (1.0f / 24 + r2 * (-1.0f / 720 + r2 * (1.0f / 40320 + r2 * (-1.0f / 3628800)))));
+    switch (((int) k) & 3) {
+        case 0: return make_float2(sin_r, cos_r);
+        case 1: return make_float2(cos_r, -sin_r);
+        case 2: return make_float2(-sin_r, -cos_r);
+        default: return make_float2(-cos_r, sin_r);
+    }
+}
+
 // One thread per rotated pair; a warp's pairs follow each other along dims 0 and 2 (FLUX's
-// (token, axis) runs are adjacent in memory), then dims 1 and 3. ggml-cuda builds with
-// -use_fast_math, which turns powf, cosf and sinf into approximations whose error grows with the
-// argument (FLUX's text positions reach 511 radians); here the frequency is computed in double and
-// rounded once, the angle rounded once as the CPU's ROPE rounds it, and its sine and cosine taken in
-// double: as accurate as the CPU and the cos/sin table upstream sd.cpp builds.
+// (token, axis) runs are adjacent in memory), then dims 1 and 3. Each pair's frequency is computed
+// once per block in double and rounded once, the angle rounded once as the CPU's ROPE rounds it
+// (float position times float frequency); sines as above. Taking both in double per element cost
+// 7.3 ms per 1024x1024 DiT step, against 3.3 ms with fast-math's inaccurate ones.
 __global__ void rope_pairs(const float * x, float * dst, int64_t half, int64_t ne1, int64_t ne2, int64_t ne3,
                            int64_t sx1, int64_t sx2, int64_t sx3, int64_t sd1, int64_t sd2, int64_t sd3,
                            const int32_t * __restrict__ pos, double freq_base, int n_dims) {
+    extern __shared__ float freq[];  // [half]
+    for (int64_t pair = threadIdx.x; pair < half; pair += blockDim.x) {
+        freq[pair] = (float) pow(freq_base, -2.0 * (double) pair / n_dims);
+    }
+    __syncthreads();
     const int64_t n = half * ne1 * ne2 * ne3;
     for (int64_t idx = blockIdx.x * (int64_t) blockDim.x + threadIdx.x; idx < n; idx += (int64_t) gridDim.x * blockDim.x) {
         const int64_t pair = idx % half;
@@ -243,16 +267,167 @@ __global__ void rope_pairs(const float * x, float * dst, int64_t half, int64_t n
         rest /= ne2;
         const int64_t i1 = rest % ne1;
         const int64_t i3 = rest / ne1;
-        const float freq = (float) pow(freq_base, -2.0 * (double) pair / n_dims);
-        const float theta = (float) pos[i2] * freq;
-        double sin_theta, cos_theta;
-        sincos((double) theta, &sin_theta, &cos_theta);
-        const float c = (float) cos_theta;
-        const float s = (float) sin_theta;
+        const float2 sc = sincos_of_angle((float) pos[i2] * freq[pair]);
         const float2 v = *reinterpret_cast<const float2 *>(x + i1 * sx1 + i2 * sx2 + i3 * sx3 + 2 * pair);
         *reinterpret_cast<float2 *>(dst + i1 * sd1 + i2 * sd2 + i3 * sd3 + 2 * pair) =
-            make_float2(v.x * c - v.y * s, v.x * s + v.y * c);
+            make_float2(v.x * sc.y - v.y * sc.x, v.x * sc.x + v.y * sc.y);
     }
+}
+
+// Rotation of a run of ROPE pairs at `pos`, pair index `pair` within its run: frequency as
+// rope_pairs computes it, once per thread.
+__device__ __forceinline__ float rope_frequency(double freq_base, int pair, int n_dims) {
+    return (float) pow(freq_base, -2.0 * (double) pair / n_dims);
+}
+
+// FLUX's q/k path fused: RMS norm of a 128-value head row, times the norm weight, rotated by
+// ROPE over runs of n_dims values (each run at its own position, pos[row * 128 / n_dims + run]);
+// written as f32 (y32) and/or f16 (y16), both contiguous rows. One warp per row, four values
+// per lane (two pairs of one run). Rounded as the unfused nodes round: (x * rstd) * w, then the
+// rotation.
+constexpr int QK_ROW = 128;
+__global__ void __launch_bounds__(256) qk_norm_rope(const float * __restrict__ x, int64_t ne1, int64_t ne2,
+                                                    int64_t rows, int64_t sx1, int64_t sx2, int64_t sx3,
+                                                    const float * __restrict__ w, float eps,
+                                                    const int32_t * __restrict__ pos, double freq_base,
+                                                    int n_dims, float * y32, half * y16) {
+    const int lane = threadIdx.x % 32;
+    const int first = lane * 4;  // this lane's values: first .. first + 3
+    const int pair0 = (first % n_dims) / 2;
+    const float freq0 = rope_frequency(freq_base, pair0, n_dims);
+    const float freq1 = rope_frequency(freq_base, pair0 + 1, n_dims);
+    const float4 wv = *reinterpret_cast<const float4 *>(w + first);
+    const int64_t warps = (int64_t) gridDim.x * (blockDim.x / 32);
+    for (int64_t row = blockIdx.x * (int64_t) (blockDim.x / 32) + threadIdx.x / 32; row < rows; row += warps) {
+        const int64_t i1 = row % ne1;
+        const int64_t i2 = (row / ne1) % ne2;
+        const int64_t i3 = row / (ne1 * ne2);
+        const float4 v = *reinterpret_cast<const float4 *>(x + i1 * sx1 + i2 * sx2 + i3 * sx3 + first);
+        float squares = v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        for (int offset = 16; offset > 0; offset /= 2) {
+            squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+        }
+        const float rstd = rsqrtf(squares / QK_ROW + eps);
+        const float m0 = __fmul_rn(__fmul_rn(v.x, rstd), wv.x);
+        const float m1 = __fmul_rn(__fmul_rn(v.y, rstd), wv.y);
+        const float m2 = __fmul_rn(__fmul_rn(v.z, rstd), wv.z);
+        const float m3 = __fmul_rn(__fmul_rn(v.w, rstd), wv.w);
+        const float p = (float) pos[(row * QK_ROW + first) / n_dims];
+        const float2 a = sincos_of_angle(p * freq0);  // (sin, cos)
+        const float2 b = sincos_of_angle(p * freq1);
+        const float4 r = make_float4(m0 * a.y - m1 * a.x, m0 * a.x + m1 * a.y, m2 * b.y - m3 * b.x, m2 * b.x + m3 * b.y);
+        if (y32 != nullptr) {
+            *reinterpret_cast<float4 *>(y32 + row * QK_ROW + first) = r;
+        }
+        if (y16 != nullptr) {
+            half2 * out = reinterpret_cast<half2 *>(y16 + row * QK_ROW + first);
+            out[0] = __floats2half2_rn(r.x, r.y);
+            out[1] = __floats2half2_rn(r.z, r.w);
+        }
+    }
+}
+
+// The ROPE parameters bonsai_cuda_rope computes ("normal" mode, every dimension rotated, no
+// frequency factors, no YaRN); false for any other ROPE.
+bool plain_rope(const ggml_tensor * rope, int & n_dims, float & freq_base) {
+    const int32_t * params = static_cast<const int32_t *>(rope->op_params);
+    float freq_scale, ext_factor, attn_factor;
+    n_dims = params[1];
+    memcpy(&freq_base, params + 5, sizeof(float));
+    memcpy(&freq_scale, params + 6, sizeof(float));
+    memcpy(&ext_factor, params + 7, sizeof(float));
+    memcpy(&attn_factor, params + 8, sizeof(float));
+    return rope->op == GGML_OP_ROPE && rope->src[2] == nullptr && params[2] == 0 && n_dims == rope->src[0]->ne[0] &&
+           freq_scale == 1.0f && ext_factor == 0.0f && attn_factor == 1.0f && rope->src[1]->type == GGML_TYPE_I32;
+}
+
+// The index of `node` among the graph's nodes in (from, to), or -1.
+int node_index(const ggml_cgraph * cgraph, const ggml_tensor * node, int from, int to) {
+    for (int j = from + 1; j < to; ++j) {
+        if (cgraph->nodes[j] == node) {
+            return j;
+        }
+    }
+    return -1;
+}
+
+bool aligned16(const void * p) {
+    return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// RMS_NORM(x) -> MUL(norm, w) -> [views] -> ROPE in place over a runs view of the MUL's result
+// [-> views -> CPY of the rotated values to F16], as sd.cpp's FLUX builds q and k for flash
+// attention (cpp/sdcpp/rope-positions.cpp): one kernel instead of three or four. The f32 rotation
+// is written unless the CPY is its only reader.
+int fuse_qk_norm_rope(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
+    const ggml_tensor * norm = cgraph->nodes[i];
+    const ggml_tensor * x = norm->src[0];
+    if (norm->op != GGML_OP_RMS_NORM || norm->type != GGML_TYPE_F32 || !is_f32_with_unit_stride(x) ||
+        x->ne[0] != QK_ROW || !aligned16(x->data) || x->nb[1] % 16 != 0 || x->nb[2] % 16 != 0 || x->nb[3] % 16 != 0 ||
+        i + 1 >= cgraph->n_nodes) {
+        return 0;
+    }
+    const ggml_tensor * mul = cgraph->nodes[i + 1];
+    if (mul->op != GGML_OP_MUL || mul->type != GGML_TYPE_F32 || !ggml_is_contiguous(mul) || !ggml_are_same_shape(mul, x)) {
+        return 0;
+    }
+    const ggml_tensor * w = other_operand(mul, norm);
+    if (w == nullptr || w == norm || !is_f32_with_unit_stride(w) || ggml_nelements(w) != QK_ROW || !aligned16(w->data)) {
+        return 0;
+    }
+    const int j_rope = next_computing(cgraph, i + 1);
+    if (j_rope < 0) {
+        return 0;
+    }
+    ggml_tensor * rope = cgraph->nodes[j_rope];
+    int n_dims;
+    float freq_base;
+    if (rope->op != GGML_OP_ROPE || !plain_rope(rope, n_dims, freq_base)) {
+        return 0;
+    }
+    const ggml_tensor * runs = rope->src[0];
+    const ggml_tensor * pos = rope->src[1];
+    // the ROPE rotates the MUL's own bytes, in place, as rows of n_dims values, one position each
+    if (runs->data != mul->data || rope->data != mul->data || !ggml_is_contiguous(runs) || !ggml_is_contiguous(rope) ||
+        runs->type != GGML_TYPE_F32 || rope->type != GGML_TYPE_F32 || ggml_nelements(runs) != ggml_nelements(mul) ||
+        runs->ne[1] != 1 || runs->ne[3] != 1 || pos->ne[0] != runs->ne[2] || n_dims % 4 != 0 || QK_ROW % n_dims != 0) {
+        return 0;
+    }
+    if (!internal_node(cgraph, i, 1) || !internal_node(cgraph, i + 1, 1) || overlap(x, mul) || overlap(w, mul)) {
+        return 0;
+    }
+    // an F16 copy of the rotated values, straight after them?
+    int last = j_rope;
+    half * y16 = nullptr;
+    float * y32 = static_cast<float *>(rope->data);
+    const int j_cpy = next_computing(cgraph, j_rope);
+    if (j_cpy >= 0) {
+        ggml_tensor * cpy = cgraph->nodes[j_cpy];
+        const ggml_tensor * view = cpy->src[0];
+        const ggml_tensor * dst16 = cpy->src[1];
+        if (cpy->op == GGML_OP_CPY && view->data == rope->data && ggml_is_contiguous(view) &&
+            ggml_nelements(view) == ggml_nelements(rope) && dst16 != nullptr && dst16->type == GGML_TYPE_F16 &&
+            ggml_is_contiguous(dst16) && cpy->data == dst16->data && ggml_nelements(dst16) == ggml_nelements(rope) &&
+            aligned16(dst16->data) && !overlap(dst16, mul) && !overlap(dst16, x)) {
+            y16 = static_cast<half *>(dst16->data);
+            last = j_cpy;
+            const int j_view = node_index(cgraph, view, j_rope, j_cpy);
+            const bool view_internal = view == rope || (j_view >= 0 && internal_node(cgraph, j_view, 1));
+            if (view_internal && internal_node(cgraph, j_rope, 1)) {
+                y32 = nullptr;  // nothing else reads the f32 rotation
+            }
+        }
+    }
+    const int64_t rows = x->ne[1] * x->ne[2] * x->ne[3];
+    const int64_t warps_per_block = ELEMENTWISE_THREADS / 32;
+    const int64_t blocks = std::min<int64_t>((rows + warps_per_block - 1) / warps_per_block, 65535LL * 16);
+    const size_t f = sizeof(float);
+    qk_norm_rope<<<blocks, ELEMENTWISE_THREADS, 0, ctx.stream()>>>(
+        static_cast<const float *>(x->data), x->ne[1], x->ne[2], rows, x->nb[1] / f, x->nb[2] / f, x->nb[3] / f,
+        static_cast<const float *>(w->data), ggml_get_op_params_f32(norm, 0), static_cast<const int32_t *>(pos->data),
+        (double) freq_base, n_dims, y32, y16);
+    CUDA_CHECK(cudaGetLastError());
+    return last - i;
 }
 
 }  // namespace
@@ -267,6 +442,8 @@ int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * 
             return fuse_modulation(ctx, cgraph, i);
         case GGML_OP_MUL:
             return fuse_gated_residual(ctx, cgraph, i);
+        case GGML_OP_RMS_NORM:
+            return fuse_qk_norm_rope(ctx, cgraph, i);
         default:
             return 0;
     }
@@ -278,7 +455,7 @@ bool bonsai_cuda_rope(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     const ggml_tensor * pos = dst->src[1];
     if (upstream || dst->op != GGML_OP_ROPE || dst->src[2] != nullptr || x->type != GGML_TYPE_F32 ||
         dst->type != GGML_TYPE_F32 || pos->type != GGML_TYPE_I32 || x->nb[0] != sizeof(float) ||
-        dst->nb[0] != sizeof(float) || x->ne[0] % 2 != 0) {
+        dst->nb[0] != sizeof(float) || x->ne[0] % 2 != 0 || x->ne[0] > 2 * ROPE_MAX_PAIRS) {
         return false;
     }
     const int32_t * params = static_cast<const int32_t *>(dst->op_params);
@@ -304,7 +481,7 @@ bool bonsai_cuda_rope(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     const int64_t n = half * x->ne[1] * x->ne[2] * x->ne[3];
     const int64_t blocks = std::min<int64_t>((n + ELEMENTWISE_THREADS - 1) / ELEMENTWISE_THREADS, 65535LL * 16);
     const size_t f = sizeof(float);
-    rope_pairs<<<blocks, ELEMENTWISE_THREADS, 0, ctx.stream()>>>(
+    rope_pairs<<<blocks, ELEMENTWISE_THREADS, half * sizeof(float), ctx.stream()>>>(
         static_cast<const float *>(x->data), static_cast<float *>(dst->data), half, x->ne[1], x->ne[2], x->ne[3],
         x->nb[1] / f, x->nb[2] / f, x->nb[3] / f, dst->nb[1] / f, dst->nb[2] / f, dst->nb[3] / f,
         static_cast<const int32_t *>(pos->data), (double) freq_base, n_dims);
