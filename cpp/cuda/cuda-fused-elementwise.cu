@@ -282,15 +282,34 @@ __device__ __forceinline__ float rope_frequency(double freq_base, int pair, int 
 
 // FLUX's q/k path fused: RMS norm of a 128-value head row, times the norm weight, rotated by
 // ROPE over runs of n_dims values (each run at its own position, pos[row * 128 / n_dims + run]);
-// written as f32 (y32) and/or f16 (y16), both contiguous rows. One warp per row, four values
-// per lane (two pairs of one run). Rounded as the unfused nodes round: (x * rstd) * w, then the
-// rotation.
+// written as f32 (y32) and/or f16 (y16), both contiguous rows. Optionally the same rows of v
+// cast to f16 (v16). One warp per row, four values per lane (two pairs of one run), two rows per
+// warp in flight. Rounded as the unfused nodes round: (x * rstd) * w, then the rotation.
 constexpr int QK_ROW = 128;
-__global__ void __launch_bounds__(256) qk_norm_rope(const float * __restrict__ x, int64_t ne1, int64_t ne2,
-                                                    int64_t rows, int64_t sx1, int64_t sx2, int64_t sx3,
+constexpr int QK_ROWS_PER_WARP = 2;
+
+struct QkRows {
+    const float * data;
+    int64_t s1, s2, s3;  // strides in floats
+};
+
+__device__ __forceinline__ float4 load_row4(const QkRows & t, int64_t row, int64_t ne1, int64_t ne2, int first) {
+    const int64_t i1 = row % ne1;
+    const int64_t i2 = (row / ne1) % ne2;
+    const int64_t i3 = row / (ne1 * ne2);
+    return *reinterpret_cast<const float4 *>(t.data + i1 * t.s1 + i2 * t.s2 + i3 * t.s3 + first);
+}
+
+__device__ __forceinline__ void store_half4(half * dst, float4 r) {
+    half2 * out = reinterpret_cast<half2 *>(dst);
+    out[0] = __floats2half2_rn(r.x, r.y);
+    out[1] = __floats2half2_rn(r.z, r.w);
+}
+
+__global__ void __launch_bounds__(256) qk_norm_rope(QkRows x, int64_t ne1, int64_t ne2, int64_t rows,
                                                     const float * __restrict__ w, float eps,
                                                     const int32_t * __restrict__ pos, double freq_base,
-                                                    int n_dims, float * y32, half * y16) {
+                                                    int n_dims, float * y32, half * y16, QkRows v, half * v16) {
     const int lane = threadIdx.x % 32;
     const int first = lane * 4;  // this lane's values: first .. first + 3
     const int pair0 = (first % n_dims) / 2;
@@ -298,31 +317,48 @@ __global__ void __launch_bounds__(256) qk_norm_rope(const float * __restrict__ x
     const float freq1 = rope_frequency(freq_base, pair0 + 1, n_dims);
     const float4 wv = *reinterpret_cast<const float4 *>(w + first);
     const int64_t warps = (int64_t) gridDim.x * (blockDim.x / 32);
-    for (int64_t row = blockIdx.x * (int64_t) (blockDim.x / 32) + threadIdx.x / 32; row < rows; row += warps) {
-        const int64_t i1 = row % ne1;
-        const int64_t i2 = (row / ne1) % ne2;
-        const int64_t i3 = row / (ne1 * ne2);
-        const float4 v = *reinterpret_cast<const float4 *>(x + i1 * sx1 + i2 * sx2 + i3 * sx3 + first);
-        float squares = v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-        for (int offset = 16; offset > 0; offset /= 2) {
-            squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+    for (int64_t base = (blockIdx.x * (int64_t) (blockDim.x / 32) + threadIdx.x / 32) * QK_ROWS_PER_WARP; base < rows;
+         base += warps * QK_ROWS_PER_WARP) {
+        float4 xs[QK_ROWS_PER_WARP], vs[QK_ROWS_PER_WARP];
+#pragma unroll
+        for (int k = 0; k < QK_ROWS_PER_WARP; ++k) {
+            if (base + k < rows) {
+                xs[k] = load_row4(x, base + k, ne1, ne2, first);
+                if (v16 != nullptr) {
+                    vs[k] = load_row4(v, base + k, ne1, ne2, first);
+                }
+            }
         }
-        const float rstd = rsqrtf(squares / QK_ROW + eps);
-        const float m0 = __fmul_rn(__fmul_rn(v.x, rstd), wv.x);
-        const float m1 = __fmul_rn(__fmul_rn(v.y, rstd), wv.y);
-        const float m2 = __fmul_rn(__fmul_rn(v.z, rstd), wv.z);
-        const float m3 = __fmul_rn(__fmul_rn(v.w, rstd), wv.w);
-        const float p = (float) pos[(row * QK_ROW + first) / n_dims];
-        const float2 a = sincos_of_angle(p * freq0);  // (sin, cos)
-        const float2 b = sincos_of_angle(p * freq1);
-        const float4 r = make_float4(m0 * a.y - m1 * a.x, m0 * a.x + m1 * a.y, m2 * b.y - m3 * b.x, m2 * b.x + m3 * b.y);
-        if (y32 != nullptr) {
-            *reinterpret_cast<float4 *>(y32 + row * QK_ROW + first) = r;
-        }
-        if (y16 != nullptr) {
-            half2 * out = reinterpret_cast<half2 *>(y16 + row * QK_ROW + first);
-            out[0] = __floats2half2_rn(r.x, r.y);
-            out[1] = __floats2half2_rn(r.z, r.w);
+#pragma unroll
+        for (int k = 0; k < QK_ROWS_PER_WARP; ++k) {
+            const int64_t row = base + k;
+            if (row >= rows) {
+                break;
+            }
+            const float4 a = xs[k];
+            float squares = a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+            for (int offset = 16; offset > 0; offset /= 2) {
+                squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+            }
+            const float rstd = rsqrtf(squares / QK_ROW + eps);
+            const float m0 = __fmul_rn(__fmul_rn(a.x, rstd), wv.x);
+            const float m1 = __fmul_rn(__fmul_rn(a.y, rstd), wv.y);
+            const float m2 = __fmul_rn(__fmul_rn(a.z, rstd), wv.z);
+            const float m3 = __fmul_rn(__fmul_rn(a.w, rstd), wv.w);
+            const float p = (float) pos[(row * QK_ROW + first) / n_dims];
+            const float2 sc0 = sincos_of_angle(p * freq0);  // (sin, cos)
+            const float2 sc1 = sincos_of_angle(p * freq1);
+            const float4 r = make_float4(m0 * sc0.y - m1 * sc0.x, m0 * sc0.x + m1 * sc0.y, m2 * sc1.y - m3 * sc1.x,
+                                         m2 * sc1.x + m3 * sc1.y);
+            if (y32 != nullptr) {
+                *reinterpret_cast<float4 *>(y32 + row * QK_ROW + first) = r;
+            }
+            if (y16 != nullptr) {
+                store_half4(y16 + row * QK_ROW + first, r);
+            }
+            if (v16 != nullptr) {
+                store_half4(v16 + row * QK_ROW + first, vs[k]);
+            }
         }
     }
 }
@@ -356,9 +392,9 @@ bool aligned16(const void * p) {
 }
 
 // RMS_NORM(x) -> MUL(norm, w) -> [views] -> ROPE in place over a runs view of the MUL's result
-// [-> views -> CPY of the rotated values to F16], as sd.cpp's FLUX builds q and k for flash
-// attention (cpp/sdcpp/rope-positions.cpp): one kernel instead of three or four. The f32 rotation
-// is written unless the CPY is its only reader.
+// [-> views -> CPY of the rotated values to F16 [-> CPY of v's rows to F16]], as sd.cpp's FLUX
+// builds q, and k and v, for flash attention (cpp/sdcpp/rope-positions.cpp): one kernel instead
+// of three to five. The f32 rotation is written unless the CPY is its only reader.
 int fuse_qk_norm_rope(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
     const ggml_tensor * norm = cgraph->nodes[i];
     const ggml_tensor * x = norm->src[0];
@@ -399,6 +435,7 @@ int fuse_qk_norm_rope(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int
     // an F16 copy of the rotated values, straight after them?
     int last = j_rope;
     half * y16 = nullptr;
+    const ggml_tensor * y16_tensor = nullptr;
     float * y32 = static_cast<float *>(rope->data);
     const int j_cpy = next_computing(cgraph, j_rope);
     if (j_cpy >= 0) {
@@ -410,6 +447,7 @@ int fuse_qk_norm_rope(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int
             ggml_is_contiguous(dst16) && cpy->data == dst16->data && ggml_nelements(dst16) == ggml_nelements(rope) &&
             aligned16(dst16->data) && !overlap(dst16, mul) && !overlap(dst16, x)) {
             y16 = static_cast<half *>(dst16->data);
+            y16_tensor = dst16;
             last = j_cpy;
             const int j_view = node_index(cgraph, view, j_rope, j_cpy);
             const bool view_internal = view == rope || (j_view >= 0 && internal_node(cgraph, j_view, 1));
@@ -418,14 +456,34 @@ int fuse_qk_norm_rope(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int
             }
         }
     }
+    // k's F16 copy may be followed by v's: F32 rows of the same shape, cast to a contiguous F16 tensor
+    QkRows v_rows = {};
+    half * v16 = nullptr;
+    const int j_vcpy = y16 != nullptr ? next_computing(cgraph, last) : -1;
+    if (j_vcpy >= 0) {
+        ggml_tensor * vcpy = cgraph->nodes[j_vcpy];
+        const ggml_tensor * v = vcpy->src[0];
+        const ggml_tensor * vdst = vcpy->src[1];
+        if (vcpy->op == GGML_OP_CPY && is_f32_with_unit_stride(v) && ggml_are_same_shape(v, x) && aligned16(v->data) &&
+            v->nb[1] % 16 == 0 && v->nb[2] % 16 == 0 && v->nb[3] % 16 == 0 && vdst != nullptr &&
+            vdst->type == GGML_TYPE_F16 && ggml_is_contiguous(vdst) && vcpy->data == vdst->data &&
+            ggml_nelements(vdst) == ggml_nelements(v) && aligned16(vdst->data) && !overlap(vdst, v) &&
+            !overlap(vdst, x) && !overlap(vdst, mul) && !overlap(vdst, y16_tensor)) {
+            v_rows = {static_cast<const float *>(v->data), static_cast<int64_t>(v->nb[1] / sizeof(float)),
+                      static_cast<int64_t>(v->nb[2] / sizeof(float)), static_cast<int64_t>(v->nb[3] / sizeof(float))};
+            v16 = static_cast<half *>(vdst->data);
+            last = j_vcpy;
+        }
+    }
     const int64_t rows = x->ne[1] * x->ne[2] * x->ne[3];
-    const int64_t warps_per_block = ELEMENTWISE_THREADS / 32;
-    const int64_t blocks = std::min<int64_t>((rows + warps_per_block - 1) / warps_per_block, 65535LL * 16);
+    const int64_t rows_per_block = (ELEMENTWISE_THREADS / 32) * QK_ROWS_PER_WARP;
+    const int64_t blocks = std::min<int64_t>((rows + rows_per_block - 1) / rows_per_block, 65535LL * 16);
     const size_t f = sizeof(float);
+    const QkRows x_rows = {static_cast<const float *>(x->data), static_cast<int64_t>(x->nb[1] / f),
+                           static_cast<int64_t>(x->nb[2] / f), static_cast<int64_t>(x->nb[3] / f)};
     qk_norm_rope<<<blocks, ELEMENTWISE_THREADS, 0, ctx.stream()>>>(
-        static_cast<const float *>(x->data), x->ne[1], x->ne[2], rows, x->nb[1] / f, x->nb[2] / f, x->nb[3] / f,
-        static_cast<const float *>(w->data), ggml_get_op_params_f32(norm, 0), static_cast<const int32_t *>(pos->data),
-        (double) freq_base, n_dims, y32, y16);
+        x_rows, x->ne[1], x->ne[2], rows, static_cast<const float *>(w->data), ggml_get_op_params_f32(norm, 0),
+        static_cast<const int32_t *>(pos->data), (double) freq_base, n_dims, y32, y16, v_rows, v16);
     CUDA_CHECK(cudaGetLastError());
     return last - i;
 }
