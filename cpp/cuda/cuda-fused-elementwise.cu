@@ -2,6 +2,7 @@
 
 #include "cuda-fused-elementwise.h"
 #include "cuda-block-sum.cuh"
+#include "lowbit-ggml-cuda.h"
 
 #include "common.cuh"  // ggml-cuda: ggml_backend_cuda_context, CUDA_CHECK; ggml-impl.h: use counts
 
@@ -488,6 +489,41 @@ int fuse_qk_norm_rope(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int
     return last - i;
 }
 
+// SWIGLU(h) [-> CONCAT(x, that) along elements] -> MUL_MAT of low-bit weights: the GEMM's
+// activation pre-pass computes the SwiGLU (and takes x's part) itself, so neither intermediate
+// is written (FLUX's MLP output; its single blocks' linear2 after the attention output).
+int fuse_glu_mul_mat(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
+    const ggml_tensor * glu = cgraph->nodes[i];
+    if (glu->op != GGML_OP_GLU || ggml_get_glu_op(glu) != GGML_GLU_OP_SWIGLU || glu->src[1] != nullptr ||
+        glu->type != GGML_TYPE_F32 || !internal_node(cgraph, i, 1)) {
+        return 0;
+    }
+    int j = next_computing(cgraph, i);
+    if (j < 0) {
+        return 0;
+    }
+    const ggml_tensor * x = nullptr;
+    const ggml_tensor * act = glu;
+    if (cgraph->nodes[j]->op == GGML_OP_CONCAT) {
+        const ggml_tensor * concat = cgraph->nodes[j];
+        if (ggml_get_op_params_i32(concat, 0) != 0 || concat->src[1] != glu || concat->type != GGML_TYPE_F32 ||
+            !internal_node(cgraph, j, 1)) {
+            return 0;
+        }
+        x = concat->src[0];
+        act = concat;
+        j = next_computing(cgraph, j);
+        if (j < 0) {
+            return 0;
+        }
+    }
+    ggml_tensor * mm = cgraph->nodes[j];
+    if (mm->op != GGML_OP_MUL_MAT || mm->src[1] != act || (mm->flags & GGML_TENSOR_FLAG_COMPUTE) == 0) {
+        return 0;
+    }
+    return bonsai_ggml_cuda_mul_mat_glu(ctx, x, glu, mm) ? j - i : 0;
+}
+
 }  // namespace
 
 int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
@@ -502,6 +538,8 @@ int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * 
             return fuse_gated_residual(ctx, cgraph, i);
         case GGML_OP_RMS_NORM:
             return fuse_qk_norm_rope(ctx, cgraph, i);
+        case GGML_OP_GLU:
+            return fuse_glu_mul_mat(ctx, cgraph, i);
         default:
             return 0;
     }

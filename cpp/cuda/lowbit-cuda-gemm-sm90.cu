@@ -44,12 +44,41 @@ static __host__ __device__ __forceinline__ int position_element(int p) {
 
 // ---- activation pre-pass: f32 -> f16 stage images ---------------------------------------------
 
+// Where the pre-pass reads the activations: x[token][k] at any strides.
+struct plain_acts {
+    const char * x;
+    size_t       nb0, nb1;
+    __device__ float operator()(int64_t token, int64_t k) const { return *(const float *) (x + token * nb1 + k * nb0); }
+};
+
+// Activations built on the fly (bonsai_cuda_act_glu): element k < from of a token is x's (unit
+// stride); element from + j is silu(gate) * up, gate and up being elements j and half + j of the
+// token's glu row (the other way round when swapped), rounded as ggml's SWIGLU rounds them.
+struct glu_acts {
+    const float * x;
+    size_t        x_nb1;
+    const float * glu;
+    size_t        glu_nb1;
+    int64_t       from, half;
+    bool          swapped;
+    __device__ float operator()(int64_t token, int64_t k) const {
+        if (k < from) {
+            return x[token * (int64_t) (x_nb1 / sizeof(float)) + k];
+        }
+        const float * row  = glu + token * (int64_t) (glu_nb1 / sizeof(float));
+        const int64_t j    = k - from;
+        const float   gate = row[swapped ? half + j : j];
+        const float   up   = row[swapped ? j : half + j];
+        return gate / (1.0f + expf(-gate)) * up;
+    }
+};
+
 // One warp per (token row, chunk): lane l converts positions 4l..4l+3 and stores them where the
 // stage image wants them: step 2 * chunk + l / 16, line `token`, swizzled 16-byte piece. Rows
 // past N are zeros; values beyond the f16 range saturate to +-65504 (NaN stays NaN).
-static __global__ void __launch_bounds__(256) convert_act_f16_kernel(
-        const char * __restrict__ x, int64_t N, size_t nb0, size_t nb1, int64_t rows, int64_t chunks,
-        uint8_t * __restrict__ act) {
+template <typename Acts>
+static __global__ void __launch_bounds__(256) convert_act_f16_kernel(Acts acts, int64_t N, int64_t rows, int64_t chunks,
+                                                                     uint8_t * __restrict__ act) {
     const int     lane  = threadIdx.x % 32;
     const int64_t item  = (int64_t) blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int64_t token = item / chunks;
@@ -62,7 +91,7 @@ static __global__ void __launch_bounds__(256) convert_act_f16_kernel(
     for (int j = 0; j < 4; j++) {
         float v = 0.0f;
         if (token < N) {
-            v = *(const float *) (x + token * nb1 + (chunk * CHUNK + position_element(4 * lane + j)) * nb0);
+            v = acts(token, chunk * CHUNK + position_element(4 * lane + j));
         }
         if (fabsf(v) > 65504.0f) {
             v = copysignf(65504.0f, v);
@@ -601,14 +630,27 @@ int bonsai_cuda_act_f16_position_element(int p) {
     return position_element(p);
 }
 
-cudaError_t bonsai_cuda_convert_act_f16(const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1, void * act,
-                                        cudaStream_t stream) {
+template <typename Acts>
+static cudaError_t convert_act_f16(const Acts & acts, int64_t K, int64_t N, void * act, cudaStream_t stream) {
     const int64_t chunks = bonsai_cuda_act_chunks(K);
     const int64_t rows   = bonsai_cuda_act_f16_rows(N);
     const int64_t warps  = rows * chunks;
-    convert_act_f16_kernel<<<(unsigned) ((warps + 7) / 8), 256, 0, stream>>>((const char *) x, N, x_nb0, x_nb1, rows,
-                                                                             chunks, (uint8_t *) act);
+    convert_act_f16_kernel<<<(unsigned) ((warps + 7) / 8), 256, 0, stream>>>(acts, N, rows, chunks, (uint8_t *) act);
     return cudaGetLastError();
+}
+
+cudaError_t bonsai_cuda_convert_act_f16(const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1, void * act,
+                                        cudaStream_t stream) {
+    return convert_act_f16(plain_acts{(const char *) x, x_nb0, x_nb1}, K, N, act, stream);
+}
+
+cudaError_t bonsai_cuda_convert_act_f16_glu(const bonsai_cuda_act_glu * a, int64_t K, int64_t N, void * act,
+                                            cudaStream_t stream) {
+    if (a->from < 0 || a->from % CHUNK != 0 || a->from > K || 2 * (K - a->from) != a->glu_ne0) {
+        return cudaErrorInvalidValue;
+    }
+    const glu_acts acts = {a->x, a->x_nb1, a->glu, a->glu_nb1, a->from, K - a->from, a->swapped};
+    return convert_act_f16(acts, K, N, act, stream);
 }
 
 size_t bonsai_cuda_gemm_f16_workspace(int64_t M, int64_t K, int64_t N, int config, int splits) {

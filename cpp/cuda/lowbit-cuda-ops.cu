@@ -863,3 +863,32 @@ cudaError_t bonsai_cuda_matmul(const bonsai_cuda_matmul_args * a, void * scratch
     }
     return cudaSuccess;
 }
+
+bool bonsai_cuda_matmul_glu_supported(int type, int64_t K, int64_t N) {
+    return bonsai_cuda_matmul_supported(type, K) && N > BONSAI_CUDA_MMV_MAX_COLS && use_f16_gemm();
+}
+
+cudaError_t bonsai_cuda_matmul_glu(const bonsai_cuda_matmul_args * a, const bonsai_cuda_act_glu * glu, void * scratch,
+                                   cudaStream_t stream) {
+    if (!bonsai_cuda_matmul_glu_supported(a->type, a->K, a->N) || a->ne2 != 1 || a->ne3 != 1 || a->w_ne2 != 1 ||
+        a->w_ne3 != 1) {
+        return cudaErrorInvalidValue;
+    }
+#ifdef BONSAI_CUDA_SM90
+    if (a->M == 0) {
+        return cudaSuccess;
+    }
+    void * workspace = (char *) scratch + f16_act_bytes(a->N, a->K);
+    cudaError_t err = bonsai_cuda_convert_act_f16_glu(glu, a->K, a->N, scratch, stream);
+    if (err == cudaSuccess) {
+        err = bonsai_cuda_gemm_f16(a->type, a->w, a->M, a->K, a->w_nb1, scratch, a->N, a->dst, a->d_nb1, 0, 0, workspace,
+                                   stream);
+    }
+    return err;
+#else
+    (void) glu;
+    (void) scratch;
+    (void) stream;
+    return cudaErrorInvalidValue;
+#endif
+}

@@ -73,6 +73,13 @@ bool bonsai_cuda_matmul_supported(int type, int64_t K);
 // Device scratch the call needs (0 when none); `scratch` must hold that many bytes, 256-aligned.
 size_t bonsai_cuda_matmul_scratch_bytes(const bonsai_cuda_matmul_args * args);
 cudaError_t bonsai_cuda_matmul(const bonsai_cuda_matmul_args * args, void * scratch, cudaStream_t stream);
+// The product with activations that a SiLU-gated unit makes on the fly (bonsai_cuda_act_glu,
+// declared below; args->x unused): only where the f16 GEMM runs it (sm_90, N > 8) and for one
+// slice (ne2 = ne3 = 1). Scratch as bonsai_cuda_matmul_scratch_bytes(args).
+struct bonsai_cuda_act_glu;
+bool bonsai_cuda_matmul_glu_supported(int type, int64_t K, int64_t N);
+cudaError_t bonsai_cuda_matmul_glu(const bonsai_cuda_matmul_args * args, const bonsai_cuda_act_glu * glu,
+                                   void * scratch, cudaStream_t stream);
 
 // ---- pieces of the GEMM path, exposed for the test program -------------------------------
 // Number of 128-element K chunks, and token rows of the int8 activation buffer (N rounded up).
@@ -100,6 +107,17 @@ int64_t bonsai_cuda_act_f16_rows(int64_t N);
 int bonsai_cuda_act_f16_position_element(int p);
 cudaError_t bonsai_cuda_convert_act_f16(const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1, void * act,
                                         cudaStream_t stream);
+// The same stage images of activations that a SiLU-gated unit makes on the fly (FLUX's MLP
+// output, alone or after the attention output): elements [0, from) of token n are
+// x[n][0..from) (unit stride, rows x_nb1 bytes apart); element from + j is
+// silu(gate) * up with gate, up = glu[n][j], glu[n][K - from + j] (swapped: the other way round),
+// glu rows glu_ne0 = 2 * (K - from) floats, glu_nb1 bytes apart. `from` is a multiple of 128.
+struct bonsai_cuda_act_glu {
+    const float * x;   size_t x_nb1; int64_t from;
+    const float * glu; size_t glu_nb1; int64_t glu_ne0; bool swapped;
+};
+cudaError_t bonsai_cuda_convert_act_f16_glu(const bonsai_cuda_act_glu * glu, int64_t K, int64_t N, void * act,
+                                            cudaStream_t stream);
 // `config` (1..BONSAI_CUDA_F16_CONFIGS) and `splits` (the parts K is cut into, 1..chunks) pick
 // the tiling, for the test program; both 0 let the shape choose. A split GEMM needs
 // bonsai_cuda_gemm_f16_workspace(...) bytes of device memory in `workspace` (0: none).

@@ -4,6 +4,7 @@
 #include "lowbit-ggml-cuda.h"
 
 #include "common.cuh"
+#include "cuda-op-profile.h"
 #include "lowbit-cuda.h"
 #include "lowbit.h"
 
@@ -89,6 +90,56 @@ bool bonsai_ggml_cuda_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor
 
     ggml_cuda_pool_alloc<char> scratch(ctx.pool(), std::max<size_t>(bonsai_cuda_matmul_scratch_bytes(&a), 1));
     CUDA_CHECK(bonsai_cuda_matmul(&a, scratch.get(), ctx.stream()));
+    return true;
+}
+
+bool bonsai_ggml_cuda_mul_mat_glu(ggml_backend_cuda_context & ctx, const ggml_tensor * x, const ggml_tensor * glu,
+                                  ggml_tensor * dst) {
+    const ggml_tensor * w = dst->src[0];
+    const ggml_tensor * h = glu->src[0];  // the gate and up halves of each token's row
+    if (!is_lowbit(w) || dst->type != GGML_TYPE_F32 || h->type != GGML_TYPE_F32 || h->nb[0] != sizeof(float) ||
+        w->ne[2] != 1 || w->ne[3] != 1 || dst->ne[2] != 1 || dst->ne[3] != 1 || h->ne[2] != 1 || h->ne[3] != 1 ||
+        w->nb[0] != ggml_type_size(w->type) || h->ne[0] % 2 != 0) {
+        return false;
+    }
+    const int64_t from = x != nullptr ? x->ne[0] : 0;
+    const int64_t K = w->ne[0], N = dst->ne[1];
+    if (K != from + h->ne[0] / 2 || h->ne[1] != N || from % 128 != 0 ||
+        !bonsai_cuda_matmul_glu_supported(w->type, K, N)) {
+        return false;
+    }
+    if (x != nullptr && (x->type != GGML_TYPE_F32 || x->nb[0] != sizeof(float) || x->ne[1] != N || x->ne[2] != 1 ||
+                         x->ne[3] != 1)) {
+        return false;
+    }
+    bonsai_cuda_matmul_args a = {};
+    a.type  = w->type;
+    a.w     = w->data;
+    a.M     = w->ne[1];
+    a.K     = K;
+    a.w_ne2 = 1;
+    a.w_ne3 = 1;
+    a.w_nb1 = w->nb[1];
+    a.N     = N;
+    a.ne2   = 1;
+    a.ne3   = 1;
+    a.x_nb0 = sizeof(float);
+    a.x_nb1 = K * sizeof(float);
+    a.dst   = (float *) dst->data;
+    a.d_nb1 = dst->nb[1];
+    bonsai_cuda_act_glu g = {};
+    g.x       = x != nullptr ? (const float *) x->data : nullptr;
+    g.x_nb1   = x != nullptr ? x->nb[1] : 0;
+    g.from    = from;
+    g.glu     = (const float *) h->data;
+    g.glu_nb1 = h->nb[1];
+    g.glu_ne0 = h->ne[0];
+    g.swapped = ggml_get_op_params_i32(glu, 1) != 0;
+    if (bonsai_cuda_profile_active()) {
+        bonsai_cuda_profile_node(ctx.stream(), dst);  // the product's time, pre-pass included, as unfused
+    }
+    ggml_cuda_pool_alloc<char> scratch(ctx.pool(), std::max<size_t>(bonsai_cuda_matmul_scratch_bytes(&a), 1));
+    CUDA_CHECK(bonsai_cuda_matmul_glu(&a, &g, scratch.get(), ctx.stream()));
     return true;
 }
 

@@ -20,6 +20,12 @@ int bonsai_ggml_cuda_supports_op(const ggml_tensor * op, int cc, bool src0_split
 // Each returns false, doing nothing, when the tensors are not of a low-bit type.
 bool bonsai_ggml_cuda_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1,
                               ggml_tensor * dst);
+// MUL_MAT `dst` (low-bit weights in dst->src[0]) whose activations the SiLU-gated unit `glu`
+// (ggml's one-tensor SWIGLU node) makes, after each token's first x->ne[0] elements taken from
+// `x` (nullptr: none): FLUX's MLP output and, through a CONCAT, its single blocks' linear2. The
+// nodes glu and the CONCAT are then never computed. False, doing nothing, where the kernels cannot.
+bool bonsai_ggml_cuda_mul_mat_glu(ggml_backend_cuda_context & ctx, const ggml_tensor * x, const ggml_tensor * glu,
+                                  ggml_tensor * dst);
 bool bonsai_ggml_cuda_get_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst);
 bool bonsai_ggml_cuda_cpy(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, ggml_tensor * src1);
 
