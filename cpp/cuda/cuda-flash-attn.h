@@ -2,7 +2,8 @@
 // its mma.sync kernel, about 161 TFLOPS at FLUX.2 [klein]'s 1024x1024 shape on an H100 (24 heads of
 // 128, 4608 tokens; 40.5 of a DiT step's 125 ms). cuda-flash-attn-sm90.cu does it with wgmma: K and
 // V tiles brought by the tensor memory accelerator, the softmax in registers, P fed to the second
-// product from registers (FlashAttention-3's structure).
+// product from registers (FlashAttention-3's structure). test-backend-ops perf at that shape on an
+// H100, one run: 488 us per call against ggml's 1625 (535 against 161 TFLOPS).
 
 #ifndef BONSAI_CUDA_FLASH_ATTN_H
 #define BONSAI_CUDA_FLASH_ATTN_H
