@@ -27,6 +27,7 @@
 
 #include "lowbit-cuda.h"
 #include "lowbit-cuda-gemm.cuh"
+#include "cuda-sm90-async.cuh"
 
 namespace bonsai_cuda {
 
@@ -108,69 +109,7 @@ static __global__ void __launch_bounds__(256) convert_act_f16_kernel(Acts acts, 
     *(uint2 *) (line + ((piece ^ (int) (token & 7)) << 4) + (pos % 8) * 2) = packed;
 }
 
-// ---- PTX wrappers -------------------------------------------------------------------------------
-
-static __device__ __forceinline__ void wgmma_fence() {
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-
-static __device__ __forceinline__ void wgmma_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-
-template <int N> static __device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-
-// Keeps the compiler from moving uses of an accumulator register across a wgmma wait.
-static __device__ __forceinline__ void fence_register(float & r) {
-    asm volatile("" : "+f"(r)::"memory");
-}
-
-static __device__ __forceinline__ uint32_t smem_u32(const void * p) {
-    return (uint32_t) __cvta_generic_to_shared(p);
-}
-
-// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
-static __device__ __forceinline__ uint64_t smem_desc(const void * p) {
-    const uint32_t addr = smem_u32(p);
-    return (uint64_t) ((addr & 0x3ffff) >> 4) | ((uint64_t) (1024 >> 4) << 32) | ((uint64_t) 1 << 62);
-}
-
-static __device__ __forceinline__ void mbar_init(uint64_t * bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-
-static __device__ __forceinline__ void mbar_arrive(uint64_t * bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-
-static __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t * bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-}
-
-static __device__ __forceinline__ void mbar_wait(uint64_t * bar, uint32_t parity) {
-    uint32_t done = 0;
-    do {
-        asm volatile(
-            "{\n"
-            ".reg .pred p;\n"
-            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-            "selp.u32 %0, 1, 0, p;\n"
-            "}\n"
-            : "=r"(done)
-            : "r"(smem_u32(bar)), "r"(parity)
-            : "memory");
-    } while (!done);
-}
-
-// bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared memory; the
-// mbarrier counts them as they land.
-static __device__ __forceinline__ void bulk_copy_to_shared(void * dst, const void * src, uint32_t bytes, uint64_t * bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-                 ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar))
-                 : "memory");
-}
+// ---- wgmma with A from registers ------------------------------------------------------------
 
 // d[64 x n] (+)= a[64 x 16] * b[16 x n]: a from registers (this thread's four f16 pairs of the
 // m16n8k16 A fragment of its warp's 16 rows), b f16 in shared memory (K-major, 128-byte swizzle,
