@@ -21,7 +21,7 @@ target_include_directories(ggml-cpu PRIVATE "${_lowbit}")
 # common.cuh, and ggml-cuda.cu, cpy.cu, getrows.cu and convert.cu (patch 0006) include the glue
 # header. The Hopper GEMM and flash attention (wgmma, TMA) need the arch-specific sm_90a target
 # and nothing else, so they are an object library of their own; ggml-cuda uses them on compute
-# capability 9.0 devices (cuda-flash-attn.cu: the flash attention's ggml glue, patch 0065).
+# capability 9.0 devices (cuda-flash-attn.cu: the flash attention's ggml glue, patch 0067).
 if(TARGET ggml-cuda)
     set(_cuda "${PROJECT_SOURCE_DIR}/cpp/cuda")
     target_sources(ggml-cuda PRIVATE
