@@ -95,11 +95,12 @@ int bonsai_cuda_act_position_element(int p);
 // ---- the Hopper path (lowbit-cuda-gemm-sm90.cu, built for sm_90a when BONSAI_CUDA_SM90) ------
 // f16 activations as [2 * chunks steps][rows][64 f16]: per 64-element step, each token's 128-byte
 // line with its 16-byte pieces swizzled by token % 8 (the image of a shared-memory stage), in the
-// GEMM's in-chunk order; rows = N rounded up (bonsai_cuda_act_f16_rows), the extra rows zeros.
+// GEMM's in-chunk order for the weight type (PTQ1_0 has its own); rows = N rounded up
+// (bonsai_cuda_act_f16_rows), the extra rows zeros.
 int64_t bonsai_cuda_act_f16_rows(int64_t N);
-int bonsai_cuda_act_f16_position_element(int p);
-cudaError_t bonsai_cuda_convert_act_f16(const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1, void * act,
-                                        cudaStream_t stream);
+int bonsai_cuda_act_f16_position_element(int type, int p);
+cudaError_t bonsai_cuda_convert_act_f16(int type, const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1,
+                                        void * act, cudaStream_t stream);
 // `config` (1..BONSAI_CUDA_F16_CONFIGS) and `splits` (the parts K is cut into, 1..chunks) pick
 // the tiling, for the test program; both 0 let the shape choose. A split GEMM needs
 // bonsai_cuda_gemm_f16_workspace(...) bytes of device memory in `workspace` (0: none).
