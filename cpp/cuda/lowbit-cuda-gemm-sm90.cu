@@ -51,22 +51,16 @@ static __host__ __device__ __forceinline__ int position_element(int p) {
 //   v 5..7:   trit v - 5   of qs[16 + 2t], qs[17 + 2t]  v 13, 14: trit v - 10 of qs[16 + 2t], qs[17 + 2t]
 //   v 15:     trit t       of qh[0], qh[1]
 // so each half chunk decodes runs of trits of whole bytes (ptq1_first_half, ptq1_second_half).
+// Without branches (the pre-pass's lanes hold different v): pair v's element for t = 0 and the
+// low lane is byte v of FIRST, and t and the lane step by 4 and 2 (qs[0..15]) or by 2 and 1.
 static __host__ __device__ __forceinline__ int ptq1_position_element(int p) {
+    constexpr uint64_t FIRST_LO = 0x6058504030201000ull;  // v 0..7:  0, 16, 32, 48, 64, 80, 88, 96
+    constexpr uint64_t FIRST_HI = 0x7870684131211101ull;  // v 8..15: 1, 17, 33, 49, 65, 104, 112, 120
     const int q = p % 16, t = (q % 8) / 2, odd = q % 2;
-    const int v = 8 * (p / 64) + 2 * ((p % 64) / 16) + q / 8;
-    if (v < 5) {
-        return 16 * v + 4 * t + 2 * odd;
-    }
-    if (v < 8) {
-        return 80 + 8 * (v - 5) + 2 * t + odd;
-    }
-    if (v < 13) {
-        return 16 * (v - 8) + 4 * t + 1 + 2 * odd;
-    }
-    if (v < 15) {
-        return 80 + 8 * (v - 10) + 2 * t + odd;
-    }
-    return 120 + 2 * t + odd;
+    const int v      = 8 * (p / 64) + 2 * ((p % 64) / 16) + q / 8;
+    const int first  = (int) (((v < 8 ? FIRST_LO : FIRST_HI) >> (8 * (v % 8))) & 0xff);
+    const int narrow = (0xe0e0 >> v) & 1;  // v 5..7 and 13..15: qs[16..23] and qh
+    return first + (t << (2 - narrow)) + (odd << (1 - narrow));
 }
 
 // ---- activation pre-pass: f32 -> f16 stage images ---------------------------------------------
