@@ -23,7 +23,8 @@
 // In-chunk order: thread t's four columns of k16 number s (of the chunk's 8) come from code word
 // t + 4 (s / 4) (elements 16w .. 16w + 15 of the chunk); its pairs (2t, 2t+1) and (2t+8, 2t+9)
 // are fields (j, j + 8) of that word with j = 2 (s % 4) and 2 (s % 4) + 1: one shift and mask
-// per pair.
+// per pair. PTQ1_0 has an order of its own (ptq1_position_element), in which every thread
+// decodes all the trits of the bytes it reads; the pre-pass writes the order of the type.
 
 #include "lowbit-cuda.h"
 #include "lowbit-cuda-gemm.cuh"
@@ -41,6 +42,26 @@ static __host__ __device__ __forceinline__ int position_element(int p) {
     const int half_chunk = p / 64, k16 = (p % 64) / 16, q = p % 16;
     const int t = (q % 8) / 2, upper = q / 8, odd = q % 2;
     return 16 * (t + 4 * half_chunk) + 2 * k16 + upper + 8 * odd;
+}
+
+// The same for PTQ1_0. Thread t (columns 2t, 2t+1, 2t+8, 2t+9 of each k16) takes, per row and
+// chunk, 16 pairs v = 8 * half_chunk + 2 * k16 + upper; each pair is trit n of two bytes
+// (DESIGN 4: trit n of qs[m < 16] is element 16n + m, of qs[16 + m] element 80 + 8n + m, of
+// qh[h] element 120 + 2n + h):
+//   v 0..4:   trit v       of qs[4t], qs[4t + 2]        v 8..12:  trit v - 8  of qs[4t + 1], qs[4t + 3]
+//   v 5..7:   trit v - 5   of qs[16 + 2t], qs[17 + 2t]  v 13, 14: trit v - 10 of qs[16 + 2t], qs[17 + 2t]
+//   v 15:     trit t       of qh[0], qh[1]
+// so each half chunk decodes runs of trits of whole bytes (ptq1_first_half, ptq1_second_half).
+// Without branches (the pre-pass's lanes hold different v): pair v's element for t = 0 and the
+// low lane is byte v of FIRST, and t and the lane step by 4 and 2 (qs[0..15]) or by 2 and 1.
+static __host__ __device__ __forceinline__ int ptq1_position_element(int p) {
+    constexpr uint64_t FIRST_LO = 0x6058504030201000ull;  // v 0..7:  0, 16, 32, 48, 64, 80, 88, 96
+    constexpr uint64_t FIRST_HI = 0x7870684131211101ull;  // v 8..15: 1, 17, 33, 49, 65, 104, 112, 120
+    const int q = p % 16, t = (q % 8) / 2, odd = q % 2;
+    const int v      = 8 * (p / 64) + 2 * ((p % 64) / 16) + q / 8;
+    const int first  = (int) (((v < 8 ? FIRST_LO : FIRST_HI) >> (8 * (v % 8))) & 0xff);
+    const int narrow = (0xe0e0 >> v) & 1;  // v 5..7 and 13..15: qs[16..23] and qh
+    return first + (t << (2 - narrow)) + (odd << (1 - narrow));
 }
 
 // ---- activation pre-pass: f32 -> f16 stage images ---------------------------------------------
@@ -76,8 +97,9 @@ struct glu_acts {
 
 // One warp per (token row, chunk): lane l converts positions 4l..4l+3 and stores them where the
 // stage image wants them: step 2 * chunk + l / 16, line `token`, swizzled 16-byte piece. Rows
-// past N are zeros; values beyond the f16 range saturate to +-65504 (NaN stays NaN).
-template <typename Acts>
+// past N are zeros; values beyond the f16 range saturate to +-65504 (NaN stays NaN). PTQ1:
+// PTQ1_0's in-chunk order.
+template <bool PTQ1, typename Acts>
 static __global__ void __launch_bounds__(256) convert_act_f16_kernel(Acts acts, int64_t N, int64_t rows, int64_t chunks,
                                                                      uint8_t * __restrict__ act) {
     const int     lane  = threadIdx.x % 32;
@@ -92,7 +114,8 @@ static __global__ void __launch_bounds__(256) convert_act_f16_kernel(Acts acts, 
     for (int j = 0; j < 4; j++) {
         float v = 0.0f;
         if (token < N) {
-            v = acts(token, chunk * CHUNK + position_element(4 * lane + j));
+            const int element = PTQ1 ? ptq1_position_element(4 * lane + j) : position_element(4 * lane + j);
+            v = acts(token, chunk * CHUNK + element);
         }
         if (fabsf(v) > 65504.0f) {
             v = copysignf(65504.0f, v);
@@ -222,37 +245,77 @@ static __device__ __forceinline__ void chunk_pairs(const uint8_t * raw, int W, u
     }
 }
 
-// PTQ1_0 straight from its trits (codes16 would build the whole 2-bit word first). Fields j and
-// j + 8 of every word sit at the same byte position of two source words:
-//   W < 5:   trit W of bytes j and j + 8 (sources qs[0..15]);
-//   W = 5,6: trits 2(W-5) and 2(W-5)+1 of byte 16 + j (sources qs[16..23], twice);
-//   W = 7:   trit 4 of byte 16 + j, and trit j/2 of qh byte j%2 (qh's four trits per byte).
-template <>
-__device__ __forceinline__ void chunk_pairs<BONSAI_TYPE_PTQ1_0>(const uint8_t * raw, int W, uint32_t (&pair)[8], float & d) {
-    d = load_half(raw + 26);
-    const bool     low  = W < 5;
-    const int      n_lo = low ? W : W == 7 ? 4 : 2 * (W - 5);
-    const uint32_t p_lo = n_lo == 0 ? 1 : n_lo == 1 ? 3 : n_lo == 2 ? 9 : n_lo == 3 ? 27 : 81;
-    const uint32_t p_hi = low ? p_lo : 3 * p_lo;
-    uint32_t src[4];
+// PTQ1_0 in its own order (ptq1_position_element): an f16 pair is trit n of two bytes b, b',
+// held as the 16-bit lanes [b, 0, b', 0] of one word. Trit n of b is
+//   floor(b 3^(n+1) / 256) - 3 floor(b 3^n / 256)
+// (the codec's ((uint8_t) (b 3^n) * 3) >> 8 with the low byte's overflow kept). Per lane,
+// X = lanes * 3^n stays below 2^16 up to n = 5 (255 * 243), and one byte_perm (ptq1_floor)
+// moves floor(X / 256) to the lane's low byte with a constant byte c above it; G(n + 1) - 3 G(n)
+// is then the lane's trit plus -2c, which for these two bytes c is the f16 1024 + t in the low
+// lane and 1535 + t in the high one. Per pair: three integer instructions, then the f16
+// subtraction and scale multiplication (both exact) that the 2-bit types have too.
+static constexpr uint32_t PTQ1_CONSTANT_BYTES = 0x4d4e;      // c: 0x4e over the low lane, 0x4d over the high one
+static constexpr uint32_t PTQ1_FLOOR_OF_BYTES = 0x4d004e00;  // ptq1_floor of lanes below 256
+
+// Per 16-bit lane of x: floor(lane / 256), then the lane's constant byte (c_bytes holds
+// PTQ1_CONSTANT_BYTES).
+static __device__ __forceinline__ uint32_t ptq1_floor(uint32_t x, uint32_t c_bytes) {
+    return __byte_perm(x, c_bytes, 0x5341);
+}
+
+// The f16 pair (t - 1) * d from G(n + 1) and G(n) of one pair of lanes.
+static __device__ __forceinline__ uint32_t ptq1_pair(uint32_t g_next, uint32_t g, half2 d) {
+    const uint32_t biased = g_next - 3 * g;  // f16 (1024 + t, 1535 + t)
+    const half2    base   = __halves2half2(__ushort_as_half(0x6401), __ushort_as_half(0x6600));  // 1025, 1536
+    const half2    v      = __hmul2(__hsub2(*(const half2 *) &biased, base), d);
+    return *(const uint32_t *) &v;
+}
+
+// Trits N0 .. N0 + COUNT - 1 of the bytes in lanes [b, 0, b', 0] into out[0 .. COUNT), given
+// g = G(N0); returns G(N0 + COUNT).
+template <int N0, int COUNT>
+static __device__ __forceinline__ uint32_t ptq1_trit_run(uint32_t lanes, uint32_t g, half2 d, uint32_t c_bytes,
+                                                         uint32_t * out) {
+    constexpr uint32_t pow3[6] = {1, 3, 9, 27, 81, 243};
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        src[i] = load_u32_a2(raw + (low ? 4 * i : 16 + 4 * (i % 2)));
+    for (int i = 0; i < COUNT; i++) {
+        const uint32_t g_next = ptq1_floor(lanes * pow3[N0 + i + 1], c_bytes);
+        out[i] = ptq1_pair(g_next, g, d);
+        g      = g_next;
     }
-    uint32_t trits[4] = {trits_of_bytes_pow(src[0], p_lo), trits_of_bytes_pow(src[1], p_lo), 0, 0};
-    if (W == 7) {
-        const uint32_t qh = load_u16(raw + 24);
-        trits[2] = trits_of_bytes_pow(qh, 1) | trits_of_bytes_pow(qh, 3) << 16;
-        trits[3] = trits_of_bytes_pow(qh, 9) | trits_of_bytes_pow(qh, 27) << 16;
-    } else {
-        trits[2] = trits_of_bytes_pow(src[2], p_hi);
-        trits[3] = trits_of_bytes_pow(src[3], p_hi);
-    }
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        // byte j%4 of the low source to byte 0, byte j%4 of the high one to byte 2
-        pair[j] = __byte_perm(trits[j / 4], trits[j / 4 + 2], (j % 4) | (4 + j % 4) << 8);
-    }
+    return g;
+}
+
+// What the first half of a row's chunk leaves for the second (the same thread decodes both).
+struct ptq1_carry {
+    uint32_t o_lanes;   // qs[4t + 1], qs[4t + 3]
+    uint32_t s_lanes;   // qs[16 + 2t], qs[17 + 2t]
+    uint32_t s_floor3;  // their G(3)
+    half2    d;
+};
+
+// One row's pairs v = 0..7 of ptq1_position_element from its chunk's bytes `raw` (2-byte
+// aligned in shared memory).
+static __device__ __forceinline__ void ptq1_first_half(const uint8_t * raw, int t, uint32_t c_bytes, uint32_t (&pair)[8],
+                                                       ptq1_carry & carry) {
+    const uint32_t d_pair = __byte_perm(load_u16(raw + 26), 0, 0x1010);
+    const half2    d      = *(const half2 *) &d_pair;
+    const uint32_t q01 = load_u16(raw + 4 * t), q23 = load_u16(raw + 4 * t + 2);
+    const uint32_t s   = __byte_perm(load_u16(raw + 16 + 2 * t), 0, 0x3120);
+    ptq1_trit_run<0, 5>(__byte_perm(q01, q23, 0x3420), PTQ1_FLOOR_OF_BYTES, d, c_bytes, pair);  // qs[4t], qs[4t + 2]
+    carry.s_floor3 = ptq1_trit_run<0, 3>(s, PTQ1_FLOOR_OF_BYTES, d, c_bytes, pair + 5);
+    carry.o_lanes  = __byte_perm(q01, q23, 0x3521);
+    carry.s_lanes  = s;
+    carry.d        = d;
+}
+
+// Pairs v = 8..15; pow3_t = 3^t.
+static __device__ __forceinline__ void ptq1_second_half(const uint8_t * raw, uint32_t pow3_t, uint32_t c_bytes,
+                                                        const ptq1_carry & carry, uint32_t (&pair)[8]) {
+    ptq1_trit_run<0, 5>(carry.o_lanes, PTQ1_FLOOR_OF_BYTES, carry.d, c_bytes, pair);
+    ptq1_trit_run<3, 2>(carry.s_lanes, carry.s_floor3, carry.d, c_bytes, pair + 5);
+    const uint32_t qh = __byte_perm(load_u16(raw + 24), 0, 0x3120);  // qh[0], qh[1]
+    pair[7] = ptq1_pair(ptq1_floor(qh * (3 * pow3_t), c_bytes), ptq1_floor(qh * pow3_t, c_bytes), carry.d);
 }
 
 // ---- the kernel -------------------------------------------------------------------------------
@@ -370,23 +433,52 @@ static __global__ void __launch_bounds__((WGS + 1) * 128, MIN_BLOCKS) gemm_f16_k
     const uintptr_t row_lo = (uintptr_t) (w + min(first_row + g, M - 1) * w_nb1 + (int64_t) first_chunk * CB);
     const uintptr_t row_hi = (uintptr_t) (w + min(first_row + g + 8, M - 1) * w_nb1 + (int64_t) first_chunk * CB);
 
-    // This thread's A fragments of the four k16 of `step`.
+    // PTQ1_0: 3^t for its qh trit, its byte_perm constant in a register of its own (M >= 0: the
+    // OR adds nothing; a literal would be rebuilt before every byte_perm), and what the first
+    // half of each chunk leaves for the second.
+    const uint32_t pow3_t  = t == 0 ? 1 : t == 1 ? 3 : t == 2 ? 9 : 27;
+    const uint32_t c_bytes = PTQ1_CONSTANT_BYTES | (uint32_t) (M >> 63);
+    ptq1_carry     carry_lo, carry_hi;
+
+    // This thread's A fragments of the four k16 of `step` (PTQ1_0: a chunk's odd step right after
+    // its even one, which leaves the carry).
     auto decode = [&](int step, uint32_t (&a)[16]) {
         const int       chunk = step / 2;
         const uint8_t * slots = my_raw + (chunk % RAW_STAGES) * 16 * RAW_SLOT;
-        const int       W     = t + 4 * (step % 2);
-        float    d_lo, d_hi;
-        uint32_t p_lo[8], p_hi[8];
-        chunk_pairs<TYPE>(slots + g * RAW_SLOT + ((row_lo + (uintptr_t) chunk * CB) & 15), W, p_lo, d_lo);
-        chunk_pairs<TYPE>(slots + (g + 8) * RAW_SLOT + ((row_hi + (uintptr_t) chunk * CB) & 15), W, p_hi, d_hi);
-        const half2 s_lo = __float2half2_rn(d_lo);  // exact: the scales are fp16 numbers
-        const half2 s_hi = __float2half2_rn(d_hi);
+        if constexpr (TYPE == BONSAI_TYPE_PTQ1_0) {
+            const uint8_t * raw_lo = slots + g * RAW_SLOT + ((row_lo + (uintptr_t) chunk * CB) & 15);
+            const uint8_t * raw_hi = slots + (g + 8) * RAW_SLOT + ((row_hi + (uintptr_t) chunk * CB) & 15);
+            // f16 pairs of rows g and g + 8: of k16 k, columns (2t, 2t+1) in 2k, (2t+8, 2t+9) in 2k + 1
+            uint32_t p_lo[8], p_hi[8];
+            if (step % 2 == 0) {
+                ptq1_first_half(raw_lo, t, c_bytes, p_lo, carry_lo);
+                ptq1_first_half(raw_hi, t, c_bytes, p_hi, carry_hi);
+            } else {
+                ptq1_second_half(raw_lo, pow3_t, c_bytes, carry_lo, p_lo);
+                ptq1_second_half(raw_hi, pow3_t, c_bytes, carry_hi, p_hi);
+            }
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            a[4 * k + 0] = decode_pair(p_lo[2 * k], s_lo);      // row g,     columns 2t, 2t+1
-            a[4 * k + 1] = decode_pair(p_hi[2 * k], s_hi);      // row g + 8, columns 2t, 2t+1
-            a[4 * k + 2] = decode_pair(p_lo[2 * k + 1], s_lo);  // row g,     columns 2t+8, 2t+9
-            a[4 * k + 3] = decode_pair(p_hi[2 * k + 1], s_hi);  // row g + 8, columns 2t+8, 2t+9
+            for (int k = 0; k < 4; k++) {
+                a[4 * k + 0] = p_lo[2 * k];
+                a[4 * k + 1] = p_hi[2 * k];
+                a[4 * k + 2] = p_lo[2 * k + 1];
+                a[4 * k + 3] = p_hi[2 * k + 1];
+            }
+        } else {
+            const int W = t + 4 * (step % 2);
+            float    d_lo, d_hi;
+            uint32_t p_lo[8], p_hi[8];
+            chunk_pairs<TYPE>(slots + g * RAW_SLOT + ((row_lo + (uintptr_t) chunk * CB) & 15), W, p_lo, d_lo);
+            chunk_pairs<TYPE>(slots + (g + 8) * RAW_SLOT + ((row_hi + (uintptr_t) chunk * CB) & 15), W, p_hi, d_hi);
+            const half2 s_lo = __float2half2_rn(d_lo);  // exact: the scales are fp16 numbers
+            const half2 s_hi = __float2half2_rn(d_hi);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                a[4 * k + 0] = decode_pair(p_lo[2 * k], s_lo);      // row g,     columns 2t, 2t+1
+                a[4 * k + 1] = decode_pair(p_hi[2 * k], s_hi);      // row g + 8, columns 2t, 2t+1
+                a[4 * k + 2] = decode_pair(p_lo[2 * k + 1], s_lo);  // row g,     columns 2t+8, 2t+9
+                a[4 * k + 3] = decode_pair(p_hi[2 * k + 1], s_hi);  // row g + 8, columns 2t+8, 2t+9
+            }
         }
     };
 
@@ -565,31 +657,32 @@ int64_t bonsai_cuda_act_f16_rows(int64_t N) {
     return (N + F16_ROWS_ALIGN - 1) / F16_ROWS_ALIGN * F16_ROWS_ALIGN;
 }
 
-int bonsai_cuda_act_f16_position_element(int p) {
-    return position_element(p);
+int bonsai_cuda_act_f16_position_element(int type, int p) {
+    return type == BONSAI_TYPE_PTQ1_0 ? ptq1_position_element(p) : position_element(p);
 }
 
 template <typename Acts>
-static cudaError_t convert_act_f16(const Acts & acts, int64_t K, int64_t N, void * act, cudaStream_t stream) {
+static cudaError_t convert_act_f16(int type, const Acts & acts, int64_t K, int64_t N, void * act, cudaStream_t stream) {
     const int64_t chunks = bonsai_cuda_act_chunks(K);
     const int64_t rows   = bonsai_cuda_act_f16_rows(N);
     const int64_t warps  = rows * chunks;
-    convert_act_f16_kernel<<<(unsigned) ((warps + 7) / 8), 256, 0, stream>>>(acts, N, rows, chunks, (uint8_t *) act);
+    auto kernel = type == BONSAI_TYPE_PTQ1_0 ? convert_act_f16_kernel<true, Acts> : convert_act_f16_kernel<false, Acts>;
+    kernel<<<(unsigned) ((warps + 7) / 8), 256, 0, stream>>>(acts, N, rows, chunks, (uint8_t *) act);
     return cudaGetLastError();
 }
 
-cudaError_t bonsai_cuda_convert_act_f16(const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1, void * act,
-                                        cudaStream_t stream) {
-    return convert_act_f16(plain_acts{(const char *) x, x_nb0, x_nb1}, K, N, act, stream);
+cudaError_t bonsai_cuda_convert_act_f16(int type, const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1,
+                                        void * act, cudaStream_t stream) {
+    return convert_act_f16(type, plain_acts{(const char *) x, x_nb0, x_nb1}, K, N, act, stream);
 }
 
-cudaError_t bonsai_cuda_convert_act_f16_glu(const bonsai_cuda_act_glu * a, int64_t K, int64_t N, void * act,
+cudaError_t bonsai_cuda_convert_act_f16_glu(int type, const bonsai_cuda_act_glu * a, int64_t K, int64_t N, void * act,
                                             cudaStream_t stream) {
     if (a->from < 0 || a->from % CHUNK != 0 || a->from > K || 2 * (K - a->from) != a->glu_ne0) {
         return cudaErrorInvalidValue;
     }
     const glu_acts acts = {a->x, a->x_nb1, a->glu, a->glu_nb1, a->from, K - a->from, a->swapped};
-    return convert_act_f16(acts, K, N, act, stream);
+    return convert_act_f16(type, acts, K, N, act, stream);
 }
 
 size_t bonsai_cuda_gemm_f16_workspace(int64_t M, int64_t K, int64_t N, int config, int splits) {

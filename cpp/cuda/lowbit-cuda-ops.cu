@@ -840,7 +840,7 @@ cudaError_t bonsai_cuda_matmul(const bonsai_cuda_matmul_args * a, void * scratch
 #ifdef BONSAI_CUDA_SM90
         if (f16) {
             void * workspace = (char *) scratch + f16_act_bytes(n_eff, a->K);
-            err = bonsai_cuda_convert_act_f16(x, a->K, n_eff, a->x_nb0, a->x_nb1, scratch, stream);
+            err = bonsai_cuda_convert_act_f16(a->type, x, a->K, n_eff, a->x_nb0, a->x_nb1, scratch, stream);
             if (err == cudaSuccess) {
                 err = bonsai_cuda_gemm_f16(a->type, w, a->M, a->K, a->w_nb1, scratch, n_eff, dst, a->d_nb1, 0, 0, workspace,
                                            stream);
@@ -879,7 +879,7 @@ cudaError_t bonsai_cuda_matmul_glu(const bonsai_cuda_matmul_args * a, const bons
         return cudaSuccess;
     }
     void * workspace = (char *) scratch + f16_act_bytes(a->N, a->K);
-    cudaError_t err = bonsai_cuda_convert_act_f16_glu(glu, a->K, a->N, scratch, stream);
+    cudaError_t err = bonsai_cuda_convert_act_f16_glu(a->type, glu, a->K, a->N, scratch, stream);
     if (err == cudaSuccess) {
         err = bonsai_cuda_gemm_f16(a->type, a->w, a->M, a->K, a->w_nb1, scratch, a->N, a->dst, a->d_nb1, 0, 0, workspace,
                                    stream);

@@ -102,11 +102,12 @@ int bonsai_cuda_act_position_element(int p);
 // ---- the Hopper path (lowbit-cuda-gemm-sm90.cu, built for sm_90a when BONSAI_CUDA_SM90) ------
 // f16 activations as [2 * chunks steps][rows][64 f16]: per 64-element step, each token's 128-byte
 // line with its 16-byte pieces swizzled by token % 8 (the image of a shared-memory stage), in the
-// GEMM's in-chunk order; rows = N rounded up (bonsai_cuda_act_f16_rows), the extra rows zeros.
+// GEMM's in-chunk order for the weight type (PTQ1_0 has its own); rows = N rounded up
+// (bonsai_cuda_act_f16_rows), the extra rows zeros.
 int64_t bonsai_cuda_act_f16_rows(int64_t N);
-int bonsai_cuda_act_f16_position_element(int p);
-cudaError_t bonsai_cuda_convert_act_f16(const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1, void * act,
-                                        cudaStream_t stream);
+int bonsai_cuda_act_f16_position_element(int type, int p);
+cudaError_t bonsai_cuda_convert_act_f16(int type, const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1,
+                                        void * act, cudaStream_t stream);
 // The same stage images of activations that a SiLU-gated unit makes on the fly (FLUX's MLP
 // output, alone or after the attention output): elements [0, from) of token n are
 // x[n][0..from) (unit stride, rows x_nb1 bytes apart); element from + j is
@@ -116,7 +117,7 @@ struct bonsai_cuda_act_glu {
     const float * x;   size_t x_nb1; int64_t from;
     const float * glu; size_t glu_nb1; int64_t glu_ne0; bool swapped;
 };
-cudaError_t bonsai_cuda_convert_act_f16_glu(const bonsai_cuda_act_glu * glu, int64_t K, int64_t N, void * act,
+cudaError_t bonsai_cuda_convert_act_f16_glu(int type, const bonsai_cuda_act_glu * glu, int64_t K, int64_t N, void * act,
                                             cudaStream_t stream);
 // `config` (1..BONSAI_CUDA_F16_CONFIGS) and `splits` (the parts K is cut into, 1..chunks) pick
 // the tiling, for the test program; both 0 let the shape choose. A split GEMM needs

@@ -476,7 +476,7 @@ static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64
     out.poison();
     DeviceBuffer<uint8_t> workspace(bonsai_cuda_gemm_f16_workspace(M, K, N, config, splits) + 1);
     workspace.poison();
-    CUDA_OK(bonsai_cuda_convert_act_f16(dx.ptr, K, N, 4, K * 4, act.ptr, 0));
+    CUDA_OK(bonsai_cuda_convert_act_f16(t.id, dx.ptr, K, N, 4, K * 4, act.ptr, 0));
     CUDA_OK(bonsai_cuda_gemm_f16(t.id, dw.ptr, M, K, row_bytes(t, K), act.ptr, N, out.ptr, M * 4, config, splits,
                                  workspace.ptr, 0));
     CUDA_OK(cudaDeviceSynchronize());
@@ -486,7 +486,7 @@ static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64
     // the pre-pass: position p of a chunk holds f16(element(p)) (no value here exceeds f16's range)
     int element_of[128];
     for (int p = 0; p < 128; p++) {
-        element_of[p] = bonsai_cuda_act_f16_position_element(p);
+        element_of[p] = bonsai_cuda_act_f16_position_element(t.id, p);
     }
     // activation position k of token n in the buffer: [K / 64 steps][rows][64], each 128-byte
     // line's 16-byte pieces swizzled by n % 8
@@ -533,6 +533,60 @@ static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64
            (long long) M, (long long) N, (long long) K, config, splits, rel, rel < 5e-5 && nonfinite == 0 ? "ok" : "FAIL");
 }
 #endif
+
+// The f16 GEMM's weight decode, bit for bit: with one-hot activations (token n is element n of
+// K) the output is the weights themselves, W[m][n] = (code - 1) * d exactly (one exact product,
+// the rest zeros), compared with the scalar codec. Byte i of every block of row m is
+// (m + 37 i + 101 c) % 256 (block c), so that over the 256 rows every byte position holds every
+// value (PTQ1_0: every qs and qh byte, valid encodings and the 13 that are not); the scales
+// include negative, tiny (subnormal) and the largest values whose weights stay finite (2d for
+// the 2-bit types' code 3: an infinite weight would turn its whole row into NaN, inf * 0).
+static void check_gemm_f16_decode(const TypeInfo & t, int config, int splits) {
+    const int64_t M = 256, K = 384, N = K;
+    const size_t  rb = row_bytes(t, K);
+    std::vector<uint8_t> w(rb * M);
+    const bool  two_bit  = t.id == BONSAI_TYPE_Q2_0 || t.id == BONSAI_TYPE_PQ2_0;
+    const float scales[] = {0.0123f, -0.5f, two_bit ? 32752.0f : 65504.0f, 6.0e-8f, -3.1e-5f, 1.0f, 0.0078125f, -2.75f};
+    const int   d_offset = t.id == BONSAI_TYPE_PTQ1_0 ? 26 : 0;
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t c = 0; c < K / t.qk; c++) {
+            uint8_t * block = w.data() + m * rb + c * t.bytes;
+            for (int i = 0; i < t.bytes; i++) {
+                block[i] = (uint8_t) (m + 37 * i + 101 * c);
+            }
+            const bonsai_half d = bonsai_float_to_half(scales[(m + c) % 8]);
+            memcpy(block + d_offset, &d, 2);
+        }
+    }
+    std::vector<float> x(N * K, 0.0f);
+    for (int64_t n = 0; n < N; n++) {
+        x[n * K + n] = 1.0f;
+    }
+    DeviceBuffer<uint8_t> dw(w.size());
+    dw.upload(w);
+    DeviceBuffer<float> dx(x.size());
+    dx.upload(x);
+    DeviceBuffer<half>  act(bonsai_cuda_act_f16_rows(N) * K);
+    DeviceBuffer<float> out(M * N);
+    out.poison();
+    DeviceBuffer<uint8_t> workspace(bonsai_cuda_gemm_f16_workspace(M, K, N, config, splits) + 1);
+    CUDA_OK(bonsai_cuda_convert_act_f16(t.id, dx.ptr, K, N, 4, K * 4, act.ptr, 0));
+    CUDA_OK(bonsai_cuda_gemm_f16(t.id, dw.ptr, M, K, rb, act.ptr, N, out.ptr, M * 4, config, splits, workspace.ptr, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    const auto got = out.download(M * N);
+    std::vector<float> wf(K);
+    int64_t bad = 0;
+    for (int64_t m = 0; m < M; m++) {
+        cpu_dequantize_row(t, w.data() + m * rb, wf.data(), K);
+        for (int64_t n = 0; n < N; n++) {
+            bad += !(got[n * M + m] == wf[n]);  // -0 and +0 both fine
+        }
+    }
+    CHECK(bad == 0, "%s f16 GEMM decode, config %d, K in %d: %lld of %lld weights differ", t.name, config, splits,
+          (long long) bad, (long long) (M * N));
+    printf("  %-7s GEMM f16 decode  M=%-5lld N=%-5lld K=%-5lld cfg %d, K in %d: %s\n", t.name, (long long) M, (long long) N,
+           (long long) K, config, splits, bad == 0 ? "bit-exact" : "FAIL");
+}
 
 // Public entry point against float64 products of dequantized weights and f32 activations.
 // Weights are sliced w_ne2 ways and broadcast over ne2 slices of x; x rows are ldx apart.
@@ -790,7 +844,7 @@ static void dit_accuracy_and_perf(bool perf) {
                 std::string cfgs;
 #ifdef BONSAI_CUDA_SM90
                 DeviceBuffer<half> h(bonsai_cuda_act_f16_rows(N) * K);
-                const double f16_pre_us = time_us([&] { bonsai_cuda_convert_act_f16(dx.ptr, K, N, 4, K * 4, h.ptr, 0); });
+                const double f16_pre_us = time_us([&] { bonsai_cuda_convert_act_f16(t.id, dx.ptr, K, N, 4, K * 4, h.ptr, 0); });
                 line += ", " + jnum("f16_prepass_us", f16_pre_us);
                 // the plan the shape picks, each configuration with K whole, then 1 and 3 with K in two
                 DeviceBuffer<uint8_t> workspace(bonsai_cuda_gemm_f16_workspace(M, K, N, 1, 2) + 1);
@@ -890,7 +944,7 @@ static int profile_one(int type, int64_t M, int64_t N, int64_t K, int config) {
 #ifdef BONSAI_CUDA_SM90
     if (config > 100) {  // the f16 GEMM, configuration config - 100
         DeviceBuffer<half> h(bonsai_cuda_act_f16_rows(N) * K);
-        CUDA_OK(bonsai_cuda_convert_act_f16(dx.ptr, K, N, 4, K * 4, h.ptr, 0));
+        CUDA_OK(bonsai_cuda_convert_act_f16(type, dx.ptr, K, N, 4, K * 4, h.ptr, 0));
         for (int i = 0; i < 2; i++) {
             CUDA_OK(bonsai_cuda_gemm_f16(type, dw.ptr, M, K, row_bytes(*t, K), h.ptr, N, out.ptr, M * 4, config - 100, 1,
                                          nullptr, 0));
@@ -967,6 +1021,8 @@ int main(int argc, char ** argv) {
                 check_gemm_f16_exact(t, 200, 300, 768, cfg, 1, rng, 0);
                 check_gemm_f16_exact(t, 130, 17, 128, cfg, 1, rng, 0);  // one chunk; tails in M and N
                 check_gemm_f16_exact(t, 200, 300, 768, cfg, 4, rng, 0);  // K in 1 + 2 + 1 + 2 chunks
+                check_gemm_f16_decode(t, cfg, 1);
+                check_gemm_f16_decode(t, cfg, 3);
             }
         }
         check_gemm_f16_exact(t, 3072, 512, 3072, 0, 0, rng, 2000);
