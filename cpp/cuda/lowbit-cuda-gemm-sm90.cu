@@ -18,8 +18,16 @@
 //     128-byte swizzled), so one producer thread moves a BN-token stage with one bulk copy whose
 //     bytes an mbarrier counts; the consumers hand the stage back through a second mbarrier.
 //     The producer warpgroup gives its registers to the consumers (setmaxnreg).
-//   - Where the tiles are too few for the SMs, K is split: each part writes its own slice of a
-//     partial buffer and a second kernel adds the slices in order (plan_f16).
+//   - Schedules (plan_f16 picks one per shape): one block per tile; or stream-K, one wave of
+//     blocks (SMs x blocks per SM, all resident at once) each taking an equal contiguous share
+//     of the tiles' K chunks, so that a share runs over pieces of several tiles with the
+//     pipeline (stages, mbarrier phases, raw slots) carried on from piece to piece. The block
+//     whose piece holds a tile's first chunk owns the tile: it waits on the flags of the shares
+//     that hold the rest (blocks launched before it), brings their f32 sums into its idle
+//     activation stages by bulk copies and adds them in share order, so the result does not
+//     depend on timing. The pre-pass clears the flags; each owner clears those it consumed.
+//     (A split of K into parts, each its own slice of a partial buffer that a second kernel
+//     adds in order, is kept for comparison in the test program.)
 // In-chunk order: thread t's four columns of k16 number s (of the chunk's 8) come from code word
 // t + 4 (s / 4) (elements 16w .. 16w + 15 of the chunk); its pairs (2t, 2t+1) and (2t+8, 2t+9)
 // are fields (j, j + 8) of that word with j = 2 (s % 4) and 2 (s % 4) + 1: one shift and mask
@@ -36,6 +44,7 @@ static constexpr int F16_ROWS_ALIGN = 256;  // every configuration's BN divides 
 static constexpr int STAGES         = 4;    // activation stages in flight
 static constexpr int RAW_STAGES     = 3;    // raw weight chunks per warp: decoding, landed, in flight
 static constexpr int PRODUCER_REGS  = 40;   // registers the producer warpgroup keeps
+static constexpr int FIX_PARTS      = 4;    // bulk copies of another share's partial sums, each with its barrier
 
 // Element of a 128-chunk that in-chunk activation position p holds.
 static __host__ __device__ __forceinline__ int position_element(int p) {
@@ -98,10 +107,18 @@ struct glu_acts {
 // One warp per (token row, chunk): lane l converts positions 4l..4l+3 and stores them where the
 // stage image wants them: step 2 * chunk + l / 16, line `token`, swizzled 16-byte piece. Rows
 // past N are zeros; values beyond the f16 range saturate to +-65504 (NaN stays NaN). PTQ1:
-// PTQ1_0's in-chunk order.
+// PTQ1_0's in-chunk order. Block 0 also clears `zero_words` words at `zero` (the GEMM's
+// stream-K flags).
 template <bool PTQ1, typename Acts>
 static __global__ void __launch_bounds__(256) convert_act_f16_kernel(Acts acts, int64_t N, int64_t rows, int64_t chunks,
-                                                                     uint8_t * __restrict__ act) {
+                                                                     uint8_t * __restrict__ act, uint32_t * __restrict__ zero,
+                                                                     int zero_words) {
+    asm volatile("griddepcontrol.launch_dependents;\n");  // the GEMM may start, and waits for this grid's end
+    if (blockIdx.x == 0) {
+        for (int i = threadIdx.x; i < zero_words; i += blockDim.x) {
+            zero[i] = 0;
+        }
+    }
     const int     lane  = threadIdx.x % 32;
     const int64_t item  = (int64_t) blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int64_t token = item / chunks;
@@ -133,6 +150,22 @@ static __global__ void __launch_bounds__(256) convert_act_f16_kernel(Acts acts, 
 }
 
 // ---- wgmma with A from registers ------------------------------------------------------------
+
+// Barrier 1 for the first `threads` threads (the consumer warpgroups; the producer has left).
+static __device__ __forceinline__ void consumer_sync(int threads) {
+    asm volatile("bar.sync 1, %0;\n" ::"r"(threads) : "memory");
+}
+
+// A flag between blocks: the writes before a release are seen by a block that acquires it.
+static __device__ __forceinline__ void store_release(uint32_t * p, uint32_t v) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+static __device__ __forceinline__ uint32_t load_acquire(const uint32_t * p) {
+    uint32_t v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
 
 // d[64 x n] (+)= a[64 x 16] * b[16 x n]: a from registers (this thread's four f16 pairs of the
 // m16n8k16 A fragment of its warp's 16 rows), b f16 in shared memory (K-major, 128-byte swizzle,
@@ -325,8 +358,9 @@ template <int WGS, int BN> struct f16_shape {
     static constexpr int bm       = WGS * 64;
     static constexpr int b_stage  = BN * 128;  // one step: BN lines of 64 f16
     static constexpr int raw_warp = RAW_STAGES * 16 * RAW_SLOT;
-    static constexpr int smem     = 1024 + STAGES * b_stage + WGS * 4 * raw_warp + 2 * STAGES * 8;
+    static constexpr int smem     = 1024 + STAGES * b_stage + WGS * 4 * raw_warp + (2 * STAGES + FIX_PARTS) * 8;
     static_assert(smem <= 227 * 1024, "shared memory");
+    static_assert(bm * BN * 4 <= STAGES * b_stage, "a tile's f32 sums fit in the activation stages");
 };
 
 // Registers per consumer thread once the producer warpgroup keeps only PRODUCER_REGS. setmaxnreg
@@ -344,14 +378,35 @@ static __host__ __device__ constexpr int consumer_regs(int wgs, int min_blocks) 
 }
 
 static_assert(consumer_regs(2, 1) == 232 && consumer_regs(1, 2) == 216, "register split of the tile configurations");
+// How the blocks share the work: tiles x chunks iterations (one K chunk of one BM x BN tile),
+// numbered tile by tile, the tile index running over M first.
+struct f16_schedule {
+    int tiles_m;  // tiles along M: tile t covers weight rows (t % tiles_m) * BM, tokens (t / tiles_m) * BN
+    int tiles;    // all tiles
+    int chunks;   // K chunks of a tile
+    int splits;   // > 1: K split, block b takes part b % splits of tile b / splits into its own slice
+                  // of `partials` (sum_split_k adds them); 1: shares (share_start)
+};
+
+// Stream-K: of `blocks` blocks, share r takes iterations [share_start(r), share_start(r + 1)), an
+// equal contiguous run that may start and end inside tiles. The piece of a tile that holds its
+// first chunk (the tile's owner) adds the other pieces (the next shares, each the first piece of
+// its block) in share order and stores the tile; the others leave their sums in their share's
+// slot of `partials` and raise its flag. One block per tile (blocks = tiles) is the plain
+// schedule: every share is a whole tile.
+static __host__ __device__ __forceinline__ int64_t share_start(int r, int64_t iterations, int blocks) {
+    return (int64_t) r * iterations / blocks;
+}
 
 template <int TYPE, int WGS, int BN, int MIN_BLOCKS>
 static __global__ void __launch_bounds__((WGS + 1) * 128, MIN_BLOCKS) gemm_f16_kernel(
-        const uint8_t * __restrict__ w, int64_t M, size_t w_nb1, int total_chunks, const uint8_t * __restrict__ act,
-        int64_t rows, int64_t N, float * __restrict__ dst, int64_t ldd, float * __restrict__ partials) {
+        const uint8_t * __restrict__ w, int64_t M, size_t w_nb1, const uint8_t * __restrict__ act, int64_t rows,
+        int64_t N, float * __restrict__ dst, int64_t ldd, f16_schedule sched, float * __restrict__ partials,
+        uint32_t * __restrict__ flags) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     using S = f16_shape<WGS, BN>;
-    constexpr int CB = chunk_bytes(TYPE);
+    constexpr int CB        = chunk_bytes(TYPE);
+    constexpr int CONSUMERS = WGS * 128;
 
     extern __shared__ uint8_t smem_unaligned[];
     const uint32_t smem_base = smem_u32(smem_unaligned);
@@ -360,42 +415,62 @@ static __global__ void __launch_bounds__((WGS + 1) * 128, MIN_BLOCKS) gemm_f16_k
     uint8_t  * s_raw = s_b + STAGES * S::b_stage;                      // [warp][RAW_STAGES][16][RAW_SLOT]
     uint64_t * full  = (uint64_t *) (s_raw + WGS * 4 * S::raw_warp);  // stage landed
     uint64_t * empty = full + STAGES;                                  // stage read by every warp
+    uint64_t * fix   = empty + STAGES;                                 // part of another share's sums landed
 
     const int tid  = threadIdx.x;
     const int warp = tid / 32;
     const int lane = tid % 32;
-    const int64_t m0    = (int64_t) blockIdx.x * S::bm;
-    const int64_t n0    = (int64_t) blockIdx.y * BN;
-    // K split in gridDim.z parts: this block sums chunks [first_chunk, first_chunk + chunks) and
-    // writes them to its own [N][M] slice of `partials` (sum_split_k adds the slices up)
-    const int     first_chunk = (int) ((int64_t) blockIdx.z * total_chunks / gridDim.z);
-    const int     chunks      = (int) ((int64_t) (blockIdx.z + 1) * total_chunks / gridDim.z) - first_chunk;
-    const int     steps       = 2 * chunks;
-    if (gridDim.z > 1) {
-        dst = partials + blockIdx.z * N * M;
-        ldd = M;
+    const int C    = sched.chunks;
+
+    // This block's iterations [start, end). The shares go to the blocks in reverse, so that an
+    // owner waits only on blocks launched before it.
+    const int     share      = (int) (gridDim.x - 1 - blockIdx.x);
+    const int64_t iterations = (int64_t) sched.tiles * C;
+    int64_t start, end;
+    if (sched.splits > 1) {
+        const int64_t tile = blockIdx.x / sched.splits, part = blockIdx.x % sched.splits;
+        start = tile * C + part * C / sched.splits;
+        end   = tile * C + (part + 1) * C / sched.splits;
+    } else {
+        start = share_start(share, iterations, gridDim.x);
+        end   = share_start(share + 1, iterations, gridDim.x);
     }
+
+    // pieces: tile first_tile from chunk first_k on, then whole tiles, `chunks` chunks in all
+    const int first_tile = (int) (start / C), first_k = (int) (start % C);
+    const int chunks     = (int) (end - start);
 
     if (tid == 0) {
         for (int s = 0; s < STAGES; s++) {
             mbar_init(&full[s], 1);
             mbar_init(&empty[s], WGS * 4);
         }
+        for (int part = 0; part < FIX_PARTS; part++) {
+            mbar_init(&fix[part], 1);
+        }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the kernels before this one are done
 
-    if (warp >= WGS * 4) {  // the producer warpgroup: one thread moves every stage
+    if (warp >= WGS * 4) {  // the producer warpgroup: one thread moves every stage of every piece
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(PRODUCER_REGS));
         if (warp == WGS * 4 && lane == 0) {
-            for (int step = 0; step < steps; step++) {
+            // over all pieces: the stage and the mbarrier phases run on
+            int tile = first_tile, k_step = 2 * first_k;
+            const uint8_t * src = act + (int64_t) (tile / sched.tiles_m) * BN * 128;
+            for (int step = 0; step < 2 * chunks; step++) {
                 const int stage = step % STAGES;
                 if (step >= STAGES) {
                     mbar_wait(&empty[stage], (step / STAGES - 1) & 1);
                 }
                 mbar_arrive_expect_tx(&full[stage], S::b_stage);
-                bulk_copy_to_shared(s_b + stage * S::b_stage, act + ((int64_t) (2 * first_chunk + step) * rows + n0) * 128, S::b_stage,
-                                    &full[stage]);
+                bulk_copy_to_shared(s_b + stage * S::b_stage, src + (int64_t) k_step * rows * 128, S::b_stage, &full[stage]);
+                if (++k_step == 2 * C) {
+                    k_step = 0;
+                    tile++;
+                    src = act + (int64_t) (tile / sched.tiles_m) * BN * 128;
+                }
             }
         }
         return;
@@ -406,32 +481,55 @@ static __global__ void __launch_bounds__((WGS + 1) * 128, MIN_BLOCKS) gemm_f16_k
     const int wi = warp % 4;
     const int g  = lane / 4;
     const int t  = lane % 4;
+    const int warp_row = wg * 64 + wi * 16;  // this warp's first row in a tile
 
-    // Raw bytes of this warp's 16 rows: lane copies 16-byte pieces (lane + 32 j) % 4 of rows
-    // (lane + 32 j) / 4. Rows past M read row M - 1; their results are dropped.
-    uint8_t * my_raw = s_raw + warp * S::raw_warp;
-    const int64_t first_row = m0 + wg * 64 + wi * 16;
-    const uint8_t * copy_row[2];
+    // Raw bytes of this warp's 16 rows, two chunks ahead of the decode and across pieces: the
+    // cursor (load_tile, load_k) walks the block's iterations. Lane copies 16-byte pieces
+    // (lane + 32 j) % 4 of rows (lane + 32 j) / 4. Rows past M read row M - 1; their results are
+    // dropped.
+    uint8_t * my_raw    = s_raw + warp * S::raw_warp;
+    int       load_tile = first_tile, load_k = first_k;
+    int64_t copy_row[2];  // the two rows this lane copies from
+    auto aim_rows = [&]() {
+        const int64_t first_row = (int64_t) (load_tile % sched.tiles_m) * S::bm + warp_row;
 #pragma unroll
-    for (int j = 0; j < 2; j++) {
-        copy_row[j] = w + min(first_row + (lane + 32 * j) / 4, M - 1) * w_nb1 + (int64_t) first_chunk * CB;
-    }
-    auto load_raw = [&](int chunk) {
-        uint8_t * slots = my_raw + (chunk % RAW_STAGES) * 16 * RAW_SLOT;
+        for (int j = 0; j < 2; j++) {
+            copy_row[j] = min(first_row + g + 8 * j, M - 1);  // row (lane + 32 j) / 4
+        }
+    };
+    aim_rows();
+    auto load_raw = [&](int slot) {  // the cursor's chunk into `slot`; the cursor moves on
+        uint8_t * slots = my_raw + slot * 16 * RAW_SLOT;
 #pragma unroll
         for (int j = 0; j < 2; j++) {
             const int       i     = lane + 32 * j;
             const int       piece = i % 4;
-            const uint8_t * src   = copy_row[j] + (int64_t) chunk * CB;
+            const uint8_t * src   = w + copy_row[j] * w_nb1 + (int64_t) load_k * CB;
             const int       shift = (int) ((uintptr_t) src & 15);
             if (piece * 16 < shift + CB) {
                 cp_async16(slots + (i / 4) * RAW_SLOT + piece * 16, src - shift + piece * 16);
             }
         }
+        if (++load_k == C) {
+            load_k = 0;
+            load_tile++;
+            aim_rows();
+        }
     };
-    // the two rows this thread decodes, for their bytes' alignment
-    const uintptr_t row_lo = (uintptr_t) (w + min(first_row + g, M - 1) * w_nb1 + (int64_t) first_chunk * CB);
-    const uintptr_t row_hi = (uintptr_t) (w + min(first_row + g + 8, M - 1) * w_nb1 + (int64_t) first_chunk * CB);
+
+    // The shares whose first pieces complete the tile this block ends in (when it owns it):
+    // share + 1 .. owner_until - 1.
+    int owner_until = share + 1;
+    while (sched.splits == 1 && owner_until < (int) gridDim.x &&
+           share_start(owner_until, iterations, gridDim.x) < ((end - 1) / C + 1) * C) {
+        owner_until++;
+    }
+    load_raw(0);
+    cp_async_commit();
+    if (chunks > 1) {
+        load_raw(1);
+    }
+    cp_async_commit();
 
     // PTQ1_0: 3^t for its qh trit, its byte_perm constant in a register of its own (M >= 0: the
     // OR adds nothing; a literal would be rebuilt before every byte_perm), and what the first
@@ -440,112 +538,169 @@ static __global__ void __launch_bounds__((WGS + 1) * 128, MIN_BLOCKS) gemm_f16_k
     const uint32_t c_bytes = PTQ1_CONSTANT_BYTES | (uint32_t) (M >> 63);
     ptq1_carry     carry_lo, carry_hi;
 
-    // This thread's A fragments of the four k16 of `step` (PTQ1_0: a chunk's odd step right after
-    // its even one, which leaves the carry).
-    auto decode = [&](int step, uint32_t (&a)[16]) {
-        const int       chunk = step / 2;
-        const uint8_t * slots = my_raw + (chunk % RAW_STAGES) * 16 * RAW_SLOT;
-        if constexpr (TYPE == BONSAI_TYPE_PTQ1_0) {
-            const uint8_t * raw_lo = slots + g * RAW_SLOT + ((row_lo + (uintptr_t) chunk * CB) & 15);
-            const uint8_t * raw_hi = slots + (g + 8) * RAW_SLOT + ((row_hi + (uintptr_t) chunk * CB) & 15);
-            // f16 pairs of rows g and g + 8: of k16 k, columns (2t, 2t+1) in 2k, (2t+8, 2t+9) in 2k + 1
-            uint32_t p_lo[8], p_hi[8];
-            if (step % 2 == 0) {
-                ptq1_first_half(raw_lo, t, c_bytes, p_lo, carry_lo);
-                ptq1_first_half(raw_hi, t, c_bytes, p_hi, carry_hi);
-            } else {
-                ptq1_second_half(raw_lo, pow3_t, c_bytes, carry_lo, p_lo);
-                ptq1_second_half(raw_hi, pow3_t, c_bytes, carry_hi, p_hi);
-            }
+    float    d[BN / 2];  // set by each piece's first wgmma (accumulate = 0)
+    uint32_t a_even[16], a_odd[16];
+    int      j = 0;      // chunks of this block done: chunk j sits in raw slot j % RAW_STAGES, its steps are 2j, 2j + 1
+    for (int tile = first_tile, ka = first_k, left = chunks; left > 0; tile++, ka = 0) {
+        const int kb = min(C, ka + left);
+        left -= kb - ka;
+        // the 16-byte alignment of the two rows this thread decodes
+        const int64_t row_lo   = (int64_t) (tile % sched.tiles_m) * S::bm + warp_row + g;
+        const int     align_lo = (int) ((uintptr_t) (w + min(row_lo, M - 1) * w_nb1) & 15);
+        const int     align_hi = (int) ((uintptr_t) (w + min(row_lo + 8, M - 1) * w_nb1) & 15);
+
+        // This thread's A fragments of the four k16 of half `half` of K chunk k (raw slot `slot`;
+        // PTQ1_0: half 1 right after half 0 of the same chunk, which leaves the carry).
+        auto decode = [&](int slot, int k, int half, uint32_t (&a)[16]) {
+            const uint8_t * slots  = my_raw + slot * 16 * RAW_SLOT;
+            const uint8_t * raw_lo = slots + g * RAW_SLOT + ((align_lo + k * CB) & 15);
+            const uint8_t * raw_hi = slots + (g + 8) * RAW_SLOT + ((align_hi + k * CB) & 15);
+            if constexpr (TYPE == BONSAI_TYPE_PTQ1_0) {
+                // f16 pairs of rows g and g + 8: of k16 q, columns (2t, 2t+1) in 2q, (2t+8, 2t+9) in 2q + 1
+                uint32_t p_lo[8], p_hi[8];
+                if (half == 0) {
+                    ptq1_first_half(raw_lo, t, c_bytes, p_lo, carry_lo);
+                    ptq1_first_half(raw_hi, t, c_bytes, p_hi, carry_hi);
+                } else {
+                    ptq1_second_half(raw_lo, pow3_t, c_bytes, carry_lo, p_lo);
+                    ptq1_second_half(raw_hi, pow3_t, c_bytes, carry_hi, p_hi);
+                }
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                a[4 * k + 0] = p_lo[2 * k];
-                a[4 * k + 1] = p_hi[2 * k];
-                a[4 * k + 2] = p_lo[2 * k + 1];
-                a[4 * k + 3] = p_hi[2 * k + 1];
+                for (int q = 0; q < 4; q++) {
+                    a[4 * q + 0] = p_lo[2 * q];
+                    a[4 * q + 1] = p_hi[2 * q];
+                    a[4 * q + 2] = p_lo[2 * q + 1];
+                    a[4 * q + 3] = p_hi[2 * q + 1];
+                }
+            } else {
+                const int W = t + 4 * half;
+                float    d_lo, d_hi;
+                uint32_t p_lo[8], p_hi[8];
+                chunk_pairs<TYPE>(raw_lo, W, p_lo, d_lo);
+                chunk_pairs<TYPE>(raw_hi, W, p_hi, d_hi);
+                const half2 s_lo = __float2half2_rn(d_lo);  // exact: the scales are fp16 numbers
+                const half2 s_hi = __float2half2_rn(d_hi);
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    a[4 * q + 0] = decode_pair(p_lo[2 * q], s_lo);      // row g,     columns 2t, 2t+1
+                    a[4 * q + 1] = decode_pair(p_hi[2 * q], s_hi);      // row g + 8, columns 2t, 2t+1
+                    a[4 * q + 2] = decode_pair(p_lo[2 * q + 1], s_lo);  // row g,     columns 2t+8, 2t+9
+                    a[4 * q + 3] = decode_pair(p_hi[2 * q + 1], s_hi);  // row g + 8, columns 2t+8, 2t+9
+                }
+            }
+        };
+
+        // The tensor cores take `step` (of the block's steps); then the stage of step - 1 goes
+        // back to the producer, unless `step` starts the piece (the previous piece gave its
+        // last stage back when it ended).
+        auto multiply = [&](int step, bool first, const uint32_t (&a)[16]) {
+            const int stage = step % STAGES;
+            mbar_wait(&full[stage], (step / STAGES) & 1);
+            const uint64_t db = smem_desc(s_b + stage * S::b_stage);
+            wgmma_fence();
+#pragma unroll
+            for (int k = 0; k < 4; k++) {  // k16 step k starts 32 bytes into each 128-byte line
+                wgmma_rs<BN>(d, &a[4 * k], db + (uint64_t) (k * 32 >> 4), !first || k > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<1>();
+            if (!first && lane == 0) {
+                mbar_arrive(&empty[(step - 1) % STAGES]);
+            }
+        };
+
+        // Step s is decoded while the tensor cores work on step s - 1 (two A buffers). Decoding
+        // two steps ahead into three buffers was measured slower at every DiT shape.
+        for (int k = ka; k < kb; k++, j++) {
+            cp_async_wait<1>();  // this chunk's bytes landed (for this lane) ...
+            __syncwarp();        // ... and for every lane; every lane is done with chunk j - 1
+            if (j + 2 < chunks) {
+                load_raw((j + 2) % RAW_STAGES);  // into the slots chunk j - 1 used
+            }
+            cp_async_commit();
+            decode(j % RAW_STAGES, k, 0, a_even);
+            multiply(2 * j, k == ka, a_even);
+            decode(j % RAW_STAGES, k, 1, a_odd);
+            multiply(2 * j + 1, false, a_odd);
+        }
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < BN / 2; i++) {
+            fence_register(d[i]);
+        }
+        if (lane == 0) {
+            mbar_arrive(&empty[(2 * j - 1) % STAGES]);
+        }
+
+        if (sched.splits == 1 && ka > 0) {
+            // A later piece of the tile: its sums go to this share's slot for the owner, float4
+            // q of consumer thread tid at q * CONSUMERS + tid.
+            float4 * slot = (float4 *) (partials + (int64_t) share * S::bm * BN) + tid;
+#pragma unroll
+            for (int q = 0; q < BN / 8; q++) {
+                __stcg(slot + q * CONSUMERS, make_float4(d[4 * q], d[4 * q + 1], d[4 * q + 2], d[4 * q + 3]));
+            }
+            __threadfence();
+            consumer_sync(CONSUMERS);
+            if (tid == 0) {
+                store_release(&flags[share], 1);
             }
         } else {
-            const int W = t + 4 * (step % 2);
-            float    d_lo, d_hi;
-            uint32_t p_lo[8], p_hi[8];
-            chunk_pairs<TYPE>(slots + g * RAW_SLOT + ((row_lo + (uintptr_t) chunk * CB) & 15), W, p_lo, d_lo);
-            chunk_pairs<TYPE>(slots + (g + 8) * RAW_SLOT + ((row_hi + (uintptr_t) chunk * CB) & 15), W, p_hi, d_hi);
-            const half2 s_lo = __float2half2_rn(d_lo);  // exact: the scales are fp16 numbers
-            const half2 s_hi = __float2half2_rn(d_hi);
+            if (sched.splits == 1 && kb < C) {
+                // The tile's owner, ending inside it: the next shares hold the rest of its K, each
+                // in its first piece, added in share order (the sum does not depend on timing).
+                // Each comes into the idle activation stages by bulk copies, in FIX_PARTS parts
+                // of BN / 8 / FIX_PARTS float4 rows with a barrier each.
+                constexpr int ROWS_PER_PART = BN / 8 / FIX_PARTS;
+                constexpr int PART_BYTES    = ROWS_PER_PART * CONSUMERS * 16;
+                for (int from = share + 1, n = 0; from < owner_until; from++, n++) {
+                    consumer_sync(CONSUMERS);  // every thread is done with the stages
+                    if (tid == 0) {
+                        while (load_acquire(&flags[from]) == 0) {
+                        }
+                        flags[from] = 0;  // for the next call
+                        asm volatile("fence.proxy.async.global;\n" ::: "memory");      // the acquired sums, for the copy
+                        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stages' last reads, before it
+                        const uint8_t * src = (const uint8_t *) (partials + (int64_t) from * S::bm * BN);
+                        for (int part = 0; part < FIX_PARTS; part++) {
+                            mbar_arrive_expect_tx(&fix[part], PART_BYTES);
+                            bulk_copy_to_shared(s_b + part * PART_BYTES, src + part * PART_BYTES, PART_BYTES, &fix[part]);
+                        }
+                    }
+                    const float4 * slot = (const float4 *) s_b + tid;
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                a[4 * k + 0] = decode_pair(p_lo[2 * k], s_lo);      // row g,     columns 2t, 2t+1
-                a[4 * k + 1] = decode_pair(p_hi[2 * k], s_hi);      // row g + 8, columns 2t, 2t+1
-                a[4 * k + 2] = decode_pair(p_lo[2 * k + 1], s_lo);  // row g,     columns 2t+8, 2t+9
-                a[4 * k + 3] = decode_pair(p_hi[2 * k + 1], s_hi);  // row g + 8, columns 2t+8, 2t+9
+                    for (int part = 0; part < FIX_PARTS; part++) {
+                        mbar_wait(&fix[part], n & 1);
+#pragma unroll
+                        for (int q = part * ROWS_PER_PART; q < (part + 1) * ROWS_PER_PART; q++) {
+                            const float4 v = slot[q * CONSUMERS];
+                            d[4 * q] += v.x;
+                            d[4 * q + 1] += v.y;
+                            d[4 * q + 2] += v.z;
+                            d[4 * q + 3] += v.w;
+                        }
+                    }
+                }
+            }
+            // Columns 8q .. 8q + 7 of this thread's rows: d[4q], d[4q + 1] at row wi*16 + g of
+            // this warpgroup's 64, columns 8q + 2t, 8q + 2t + 1; d[4q + 2], d[4q + 3] the same
+            // columns 8 rows further down. A split of K stores into its part's slice of `partials`.
+            float * const out = sched.splits > 1 ? partials + (int64_t) (blockIdx.x % sched.splits) * N * M : dst;
+            const int64_t ld  = sched.splits > 1 ? M : ldd;
+            const int64_t row = (int64_t) (tile % sched.tiles_m) * S::bm + warp_row + g;
+            const int64_t n0  = (int64_t) (tile / sched.tiles_m) * BN;
+#pragma unroll
+            for (int q = 0; q < BN / 8; q++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int64_t r = row + (e >= 2 ? 8 : 0);
+                    const int64_t col = n0 + 8 * q + 2 * t + (e & 1);
+                    if (r < M && col < N) {
+                        out[col * ld + r] = d[4 * q + e];
+                    }
+                }
             }
         }
-    };
-
-    float d[BN / 2];  // set by step 0's first wgmma (accumulate = 0)
-
-    // The tensor cores take `step`; then the stage of step - 1 goes back to the producer.
-    auto multiply = [&](int step, const uint32_t (&a)[16]) {
-        const int stage = step % STAGES;
-        mbar_wait(&full[stage], (step / STAGES) & 1);
-        const uint64_t db = smem_desc(s_b + stage * S::b_stage);
-        wgmma_fence();
-#pragma unroll
-        for (int k = 0; k < 4; k++) {  // k16 step k starts 32 bytes into each 128-byte line
-            wgmma_rs<BN>(d, &a[4 * k], db + (uint64_t) (k * 32 >> 4), step > 0 || k > 0);
-        }
-        wgmma_commit();
-        wgmma_wait<1>();
-        if (step > 0 && lane == 0) {
-            mbar_arrive(&empty[(step - 1) % STAGES]);
-        }
-    };
-
-    load_raw(0);
-    cp_async_commit();
-    if (chunks > 1) {
-        load_raw(1);
-    }
-    cp_async_commit();
-
-    // Step s is decoded while the tensor cores work on step s - 1 (two A buffers). Decoding two
-    // steps ahead into three buffers was measured slower at every DiT shape.
-    uint32_t a_even[16], a_odd[16];
-    for (int chunk = 0; chunk < chunks; chunk++) {
-        cp_async_wait<1>();  // this chunk's bytes landed (for this lane) ...
-        __syncwarp();        // ... and for every lane; every lane is done with chunk - 1
-        if (chunk + 2 < chunks) {
-            load_raw(chunk + 2);  // into the slots chunk - 1 used
-        }
-        cp_async_commit();
-        decode(2 * chunk, a_even);
-        multiply(2 * chunk, a_even);
-        decode(2 * chunk + 1, a_odd);
-        multiply(2 * chunk + 1, a_odd);
-    }
-    wgmma_wait<0>();
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) {
-        fence_register(d[i]);
-    }
-
-    // Columns 8q .. 8q + 7 of this thread's rows: v.x, v.y at row wi*16 + g of this warpgroup's
-    // 64, columns 8q + 2t, 8q + 2t + 1; v.z, v.w the same columns 8 rows further down.
-    const int row_a = wg * 64 + wi * 16 + g;
-    auto store = [&](int q, float4 v) {
-        const float values[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int64_t row = m0 + row_a + (e >= 2 ? 8 : 0);
-            const int64_t col = n0 + 8 * q + 2 * t + (e & 1);
-            if (row < M && col < N) {
-                dst[col * ldd + row] = values[e];
-            }
-        }
-    };
-#pragma unroll
-    for (int q = 0; q < BN / 8; q++) {
-        store(q, make_float4(d[4 * q], d[4 * q + 1], d[4 * q + 2], d[4 * q + 3]));
     }
 #else
     __trap();
@@ -569,23 +724,6 @@ static __global__ void __launch_bounds__(256) sum_split_k_kernel(const float * _
 
 // ---- host side ----------------------------------------------------------------------------------
 
-template <int TYPE, int WGS, int BN, int MIN_BLOCKS>
-static cudaError_t launch_f16(const uint8_t * w, int64_t M, size_t w_nb1, int chunks, const uint8_t * act, int64_t rows,
-                              int64_t N, float * dst, int64_t ldd, int splits, float * partials, cudaStream_t stream) {
-    using S = f16_shape<WGS, BN>;
-    auto kernel = gemm_f16_kernel<TYPE, WGS, BN, MIN_BLOCKS>;
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::smem);
-    if (err != cudaSuccess) {
-        return err;
-    }
-    const dim3 grid((unsigned) ((M + S::bm - 1) / S::bm), (unsigned) (rows / BN), (unsigned) splits);
-    kernel<<<grid, S::threads, S::smem, stream>>>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, partials);
-    if (splits > 1) {
-        sum_split_k_kernel<<<(unsigned) ((N * M + 255) / 256), 256, 0, stream>>>(partials, splits, N, M, dst, ldd);
-    }
-    return cudaGetLastError();
-}
-
 // Tile configurations: BM x BN, blocks per SM, and the share of the tensor cores' rate each
 // reaches on an H100 (tests/cuda/lowbit_cuda_check at the FLUX.2 DiT shapes). A 64 x 64 tile
 // with three blocks per SM was measured too and lost everywhere (n = 64 wgmma leaves the
@@ -601,52 +739,176 @@ static const f16_config_info f16_configs[BONSAI_CUDA_F16_CONFIGS] = {
     {64, 128, 2, 0.78},
 };
 
+static int device_sms() {
+    static int sms = 0;
+    if (sms == 0) {
+        int device = 0, count = 0;
+        cudaGetDevice(&device);
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+        sms = count > 0 ? count : 132;
+    }
+    return sms;
+}
+
+static double device_l2_bytes() {
+    static int bytes = 0;
+    if (bytes == 0) {
+        int device = 0, size = 0;
+        cudaGetDevice(&device);
+        cudaDeviceGetAttribute(&size, cudaDevAttrL2CacheSize, device);
+        bytes = size > 0 ? size : 50 << 20;
+    }
+    return bytes;
+}
+
+static int64_t config_tiles(int config, int64_t M, int64_t rows) {
+    const f16_config_info & info = f16_configs[config - 1];
+    return (M + info.bm - 1) / info.bm * (rows / info.bn);
+}
+
+// Whether some share of `blocks` starts inside a tile (then the tiles' owners wait on flags).
+static bool shares_split_tiles(int64_t tiles, int chunks, int blocks) {
+    for (int r = 1; r < blocks; r++) {
+        if (share_start(r, tiles * chunks, blocks) % chunks != 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+// Stream-K workspace: a flag per share, then a BM x BN f32 slot per share.
+static size_t flag_bytes(int blocks) {
+    return ((size_t) blocks * sizeof(uint32_t) + 255) / 256 * 256;
+}
+
+template <int TYPE, int WGS, int BN, int MIN_BLOCKS>
+static cudaError_t launch_f16(const uint8_t * w, int64_t M, size_t w_nb1, int chunks, const uint8_t * act, int64_t rows,
+                              int64_t N, float * dst, int64_t ldd, int splits, int blocks, void * workspace,
+                              cudaStream_t stream) {
+    using S = f16_shape<WGS, BN>;
+    auto kernel = gemm_f16_kernel<TYPE, WGS, BN, MIN_BLOCKS>;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::smem);
+    if (err != cudaSuccess) {
+        return err;
+    }
+    f16_schedule sched;
+    sched.tiles_m = (int) ((M + S::bm - 1) / S::bm);
+    sched.tiles   = sched.tiles_m * (int) (rows / BN);
+    sched.chunks  = chunks;
+    sched.splits  = splits > 1 ? splits : 1;
+    float *    partials = (float *) workspace;
+    uint32_t * flags    = nullptr;
+    int        grid     = splits > 1 ? sched.tiles * splits : blocks > 0 ? blocks : sched.tiles;
+    if (splits == 0 && shares_split_tiles(sched.tiles, chunks, grid)) {
+        // An owner spins on flags of lower-numbered blocks (which the hardware starts first),
+        // and every block must fit on the GPU at once, so a block waited on always runs.
+        static int resident = 0;
+        if (resident == 0) {
+            int per_sm = 0;
+            err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, S::threads, S::smem);
+            if (err != cudaSuccess) {
+                return err;
+            }
+            resident = per_sm * device_sms();
+        }
+        if (grid > resident) {
+            return cudaErrorInvalidValue;
+        }
+        flags    = (uint32_t *) workspace;
+        partials = (float *) ((char *) workspace + flag_bytes(grid));
+    }
+    // Launched as a programmatic dependent of the pre-pass: its blocks may start while the
+    // pre-pass ends, and wait (griddepcontrol.wait) before touching global memory.
+    cudaLaunchConfig_t  launch = {};
+    cudaLaunchAttribute early;
+    early.id                                         = cudaLaunchAttributeProgrammaticStreamSerialization;
+    early.val.programmaticStreamSerializationAllowed = 1;
+    launch.gridDim          = dim3((unsigned) grid);
+    launch.blockDim         = dim3(S::threads);
+    launch.dynamicSmemBytes = S::smem;
+    launch.stream           = stream;
+    launch.attrs            = &early;
+    launch.numAttrs         = 1;
+    err = cudaLaunchKernelEx(&launch, kernel, w, M, w_nb1, act, rows, N, dst, ldd, sched, partials, flags);
+    if (err != cudaSuccess) {
+        return err;
+    }
+    if (splits > 1) {
+        sum_split_k_kernel<<<(unsigned) ((N * M + 255) / 256), 256, 0, stream>>>(partials, splits, N, M, dst, ldd);
+    }
+    return cudaGetLastError();
+}
+
 template <int TYPE>
 static cudaError_t f16_typed(int config, const uint8_t * w, int64_t M, size_t w_nb1, int chunks, const uint8_t * act,
-                             int64_t rows, int64_t N, float * dst, int64_t ldd, int splits, float * partials,
+                             int64_t rows, int64_t N, float * dst, int64_t ldd, int splits, int blocks, void * workspace,
                              cudaStream_t stream) {
     switch (config) {
-        case 1:  return launch_f16<TYPE, 2, 256, 1>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, splits, partials, stream);
-        case 2:  return launch_f16<TYPE, 2, 128, 1>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, splits, partials, stream);
-        case 3:  return launch_f16<TYPE, 1, 128, 2>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, splits, partials, stream);
+        case 1:  return launch_f16<TYPE, 2, 256, 1>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, splits, blocks, workspace, stream);
+        case 2:  return launch_f16<TYPE, 2, 128, 1>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, splits, blocks, workspace, stream);
+        case 3:  return launch_f16<TYPE, 1, 128, 2>(w, M, w_nb1, chunks, act, rows, N, dst, ldd, splits, blocks, workspace, stream);
         default: return cudaErrorInvalidValue;
     }
 }
 
 struct f16_plan {
-    int config, splits;
+    int config, splits, blocks;  // splits >= 1: one block per (tile, part of K); else stream-K over `blocks`
 };
 
-// The configuration with the least estimated time: the busiest SM runs ceil(tiles / SMs) tiles
-// one after the other, each BM x BN at its configuration's efficiency. When even the 128 x 256
-// tiles of a long K (at least 32 chunks) fill at most half the SMs (M = 3072 with 512 tokens:
-// 48 tiles), K is split in two instead: twice the blocks of the fastest tile, each with half
-// of K, and a short pass that adds the halves. Measured there against the best whole-K tile:
-// 1.08x (K = 9216) and 1.13x (K = 12288) for PQ2_0, 1.3x for PTQ1_0.
+// Stream-K's cost beyond its share of the work, in chunk times of its tile: the first piece's
+// partial sums out, and an owner's wait for and adding of the other pieces.
+static constexpr double STREAM_K_EXTRA_CHUNKS = 1.5;
+// Stream-K only where the model gives it at least this edge over the best other schedule.
+static constexpr double STREAM_K_MIN_GAIN = 0.95;
+// ... and only where the f16 activations take at most this share of the L2 cache: the shares
+// run all over the tiles at once (every token tile at every K), where one block per tile walks
+// K in step over neighbouring tiles. Measured on the H100 (50 MB): 25-28 MB of activations (K =
+// 3072, N = 4096, 4608) ran as fast or faster; 75-113 MB (K = 9216, 12288 at N = 4096, 4608)
+// 1.3-1.8x slower.
+static constexpr double STREAM_K_MAX_L2_SHARE = 0.6;
+
+// The schedule with the least estimated time, each BM x BN tile-chunk costing its
+// configuration's 1 / efficiency:
+//   - one block per tile: the busiest SM runs ceil(tiles / SMs) tiles one after the other;
+//   - stream-K, one wave of blocks (SMs x blocks per SM): every SM runs an equal share of the
+//     tiles x chunks, plus STREAM_K_EXTRA_CHUNKS for its first piece and for each piece an
+//     owner adds (the most pieces a tile has).
+// Against the best plan without stream-K (H100, lowbit_cuda_check, 2-bit types), the plan runs
+// 0.74-0.98x of its time at N = 512 and 0.96x at proj with N = 4608; as fast elsewhere. It
+// replaced the split of K in two at M = 3072, N = 512 (48 tiles of 128 x 256 for 132 SMs).
 static f16_plan plan_f16(int64_t M, int64_t rows, int chunks) {
-    static int sms = 0;
-    if (sms == 0) {
-        int device = 0;
-        cudaGetDevice(&device);
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-        sms = sms > 0 ? sms : 132;
-    }
-    const int64_t wide_tiles = (M + 127) / 128 * (rows / 256);
-    if (chunks >= 32 && 2 * wide_tiles <= sms) {
-        return {1, 2};
-    }
-    int    best      = 1;
-    double best_cost = 0.0;
+    const int sms  = device_sms();
+    f16_plan  best = {1, 1, 0};
+    double    best_cost = 0.0;
     for (int c = 1; c <= BONSAI_CUDA_F16_CONFIGS; c++) {
-        const f16_config_info & info = f16_configs[c - 1];
-        const int64_t tiles = (M + info.bm - 1) / info.bm * (rows / info.bn);
-        const double  cost  = (double) ((tiles + sms - 1) / sms) * info.bm * info.bn / info.efficiency;
+        const f16_config_info & info  = f16_configs[c - 1];
+        const int64_t           tiles = config_tiles(c, M, rows);
+        const double            cost  = (double) ((tiles + sms - 1) / sms) * chunks * info.bm * info.bn / info.efficiency;
         if (c == 1 || cost < best_cost) {
-            best      = c;
+            best      = {c, 1, 0};
             best_cost = cost;
         }
     }
-    return {best, 1};
+    if ((double) rows * chunks * CHUNK * sizeof(half) > STREAM_K_MAX_L2_SHARE * device_l2_bytes()) {
+        return best;
+    }
+    for (int c = 1; c <= BONSAI_CUDA_F16_CONFIGS; c++) {
+        const f16_config_info & info   = f16_configs[c - 1];
+        const int64_t           tiles  = config_tiles(c, M, rows);
+        const int               blocks = sms * info.blocks_per_sm;
+        if (tiles * chunks < blocks || !shares_split_tiles(tiles, chunks, blocks)) {
+            continue;
+        }
+        const int64_t share  = (tiles * chunks + blocks - 1) / blocks;
+        const int64_t pieces = (chunks + share - 1) / share + 1;  // the most pieces of a tile
+        const double  cost   = ((double) share + STREAM_K_EXTRA_CHUNKS * pieces) * info.blocks_per_sm * info.bm * info.bn /
+                            info.efficiency;
+        if (cost < STREAM_K_MIN_GAIN * best_cost) {
+            best      = {c, 0, blocks};
+            best_cost = cost;
+        }
+    }
+    return best;
 }
 
 }  // namespace bonsai_cuda
@@ -662,60 +924,110 @@ int bonsai_cuda_act_f16_position_element(int type, int p) {
 }
 
 template <typename Acts>
-static cudaError_t convert_act_f16(int type, const Acts & acts, int64_t K, int64_t N, void * act, cudaStream_t stream) {
+static cudaError_t convert_act_f16(int type, const Acts & acts, int64_t K, int64_t N, void * act, void * zero,
+                                   size_t zero_bytes, cudaStream_t stream) {
     const int64_t chunks = bonsai_cuda_act_chunks(K);
     const int64_t rows   = bonsai_cuda_act_f16_rows(N);
     const int64_t warps  = rows * chunks;
+    if (zero_bytes % sizeof(uint32_t) != 0 || (zero_bytes > 0 && zero == nullptr)) {
+        return cudaErrorInvalidValue;
+    }
     auto kernel = type == BONSAI_TYPE_PTQ1_0 ? convert_act_f16_kernel<true, Acts> : convert_act_f16_kernel<false, Acts>;
-    kernel<<<(unsigned) ((warps + 7) / 8), 256, 0, stream>>>(acts, N, rows, chunks, (uint8_t *) act);
+    kernel<<<(unsigned) ((warps + 7) / 8), 256, 0, stream>>>(acts, N, rows, chunks, (uint8_t *) act, (uint32_t *) zero,
+                                                             (int) (zero_bytes / sizeof(uint32_t)));
     return cudaGetLastError();
 }
 
 cudaError_t bonsai_cuda_convert_act_f16(int type, const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1,
-                                        void * act, cudaStream_t stream) {
-    return convert_act_f16(type, plain_acts{(const char *) x, x_nb0, x_nb1}, K, N, act, stream);
+                                        void * act, void * zero, size_t zero_bytes, cudaStream_t stream) {
+    return convert_act_f16(type, plain_acts{(const char *) x, x_nb0, x_nb1}, K, N, act, zero, zero_bytes, stream);
 }
 
 cudaError_t bonsai_cuda_convert_act_f16_glu(int type, const bonsai_cuda_act_glu * a, int64_t K, int64_t N, void * act,
-                                            cudaStream_t stream) {
+                                            void * zero, size_t zero_bytes, cudaStream_t stream) {
     if (a->from < 0 || a->from % CHUNK != 0 || a->from > K || 2 * (K - a->from) != a->glu_ne0) {
         return cudaErrorInvalidValue;
     }
     const glu_acts acts = {a->x, a->x_nb1, a->glu, a->glu_nb1, a->from, K - a->from, a->swapped};
-    return convert_act_f16(type, acts, K, N, act, stream);
+    return convert_act_f16(type, acts, K, N, act, zero, zero_bytes, stream);
 }
 
-size_t bonsai_cuda_gemm_f16_workspace(int64_t M, int64_t K, int64_t N, int config, int splits) {
-    if (config == 0 && splits == 0) {
-        splits = plan_f16(M, bonsai_cuda_act_f16_rows(N), (int) bonsai_cuda_act_chunks(K)).splits;
+int bonsai_cuda_gemm_f16_max_blocks(int config) {
+    if (config < 1 || config > BONSAI_CUDA_F16_CONFIGS) {
+        return 0;
     }
-    return splits > 1 ? (size_t) (splits * N * M) * sizeof(float) : 0;
+    return device_sms() * f16_configs[config - 1].blocks_per_sm;
 }
 
-cudaError_t bonsai_cuda_gemm_f16(int type, const void * w, int64_t M, int64_t K, size_t w_nb1, const void * act,
-                                 int64_t N, float * dst, size_t d_nb1, int config, int splits, void * workspace,
-                                 cudaStream_t stream) {
+// The schedule a call runs: the planner's for config 0, else the caller's; false when invalid.
+static bool resolve_schedule(int64_t M, int64_t K, int64_t N, int & config, int & splits, int & blocks) {
     const int     chunks = (int) bonsai_cuda_act_chunks(K);
     const int64_t rows   = bonsai_cuda_act_f16_rows(N);
-    const int64_t ldd    = (int64_t) (d_nb1 / sizeof(float));
-    if (chunks <= 0 || config < 0 || config > BONSAI_CUDA_F16_CONFIGS || splits < 0 || splits > chunks ||
-        (config == 0) != (splits == 0)) {
-        return cudaErrorInvalidValue;
+    if (chunks <= 0 || config < 0 || config > BONSAI_CUDA_F16_CONFIGS || splits < 0 || blocks < 0) {
+        return false;
     }
     if (config == 0) {
+        if (splits != 0 || blocks != 0) {
+            return false;
+        }
         const f16_plan plan = plan_f16(M, rows, chunks);
         config = plan.config;
         splits = plan.splits;
+        blocks = plan.blocks;
+        return true;
     }
-    if (splits > 1 && workspace == nullptr) {
+    const int64_t tiles = config_tiles(config, M, rows);
+    if ((splits > 0) == (blocks > 0) || splits > chunks || blocks > tiles * chunks) {
+        return false;
+    }
+    return blocks == 0 || !shares_split_tiles(tiles, chunks, blocks) || blocks <= bonsai_cuda_gemm_f16_max_blocks(config);
+}
+
+// Whether the schedule (resolved) is stream-K with tiles split between shares (flags needed).
+static bool schedule_has_flags(int64_t M, int64_t K, int64_t N, int config, int blocks) {
+    return blocks > 0 &&
+           shares_split_tiles(config_tiles(config, M, bonsai_cuda_act_f16_rows(N)), (int) bonsai_cuda_act_chunks(K), blocks);
+}
+
+size_t bonsai_cuda_gemm_f16_flag_bytes(int64_t M, int64_t K, int64_t N, int config, int splits, int blocks) {
+    if (!resolve_schedule(M, K, N, config, splits, blocks) || !schedule_has_flags(M, K, N, config, blocks)) {
+        return 0;
+    }
+    return flag_bytes(blocks);
+}
+
+size_t bonsai_cuda_gemm_f16_workspace(int64_t M, int64_t K, int64_t N, int config, int splits, int blocks) {
+    if (!resolve_schedule(M, K, N, config, splits, blocks)) {
+        return 0;
+    }
+    if (splits > 1) {
+        return (size_t) (splits * N * M) * sizeof(float);
+    }
+    if (!schedule_has_flags(M, K, N, config, blocks)) {
+        return 0;
+    }
+    const f16_config_info & info = f16_configs[config - 1];
+    return flag_bytes(blocks) + (size_t) blocks * info.bm * info.bn * sizeof(float);
+}
+
+cudaError_t bonsai_cuda_gemm_f16(int type, const void * w, int64_t M, int64_t K, size_t w_nb1, const void * act,
+                                 int64_t N, float * dst, size_t d_nb1, int config, int splits, int blocks,
+                                 void * workspace, cudaStream_t stream) {
+    if (!resolve_schedule(M, K, N, config, splits, blocks)) {
+        return cudaErrorInvalidValue;
+    }
+    const int     chunks = (int) bonsai_cuda_act_chunks(K);
+    const int64_t rows   = bonsai_cuda_act_f16_rows(N);
+    const int64_t ldd    = (int64_t) (d_nb1 / sizeof(float));
+    if (workspace == nullptr && bonsai_cuda_gemm_f16_workspace(M, K, N, config, splits, blocks) > 0) {
         return cudaErrorInvalidValue;
     }
     const uint8_t * wb = (const uint8_t *) w;
     const uint8_t * ab = (const uint8_t *) act;
     switch (type) {
-#define BONSAI_F16_CASE(TYPE)                                                                                  \
-        case TYPE:                                                                                             \
-            return f16_typed<TYPE>(config, wb, M, w_nb1, chunks, ab, rows, N, dst, ldd, splits, (float *) workspace, \
+#define BONSAI_F16_CASE(TYPE)                                                                                      \
+        case TYPE:                                                                                                 \
+            return f16_typed<TYPE>(config, wb, M, w_nb1, chunks, ab, rows, N, dst, ldd, splits, blocks, workspace, \
                                    stream);
         BONSAI_CUDA_FOR_EACH_TYPE(BONSAI_F16_CASE)
 #undef BONSAI_F16_CASE

@@ -774,12 +774,12 @@ static size_t f16_act_bytes(int64_t n, int64_t K) {
 }
 #endif
 
-// The GEMM's scratch: its activations (for the f16 GEMM, then the partial sums of a split K).
+// The GEMM's scratch: its activations (for the f16 GEMM, then its schedule's workspace).
 static size_t gemm_act_bytes(bool f16, int64_t M, int64_t n, int64_t K) {
     const int64_t chunks = bonsai_cuda_act_chunks(K);
 #ifdef BONSAI_CUDA_SM90
     if (f16) {
-        return f16_act_bytes(n, K) + bonsai_cuda_gemm_f16_workspace(M, K, n, 0, 0);
+        return f16_act_bytes(n, K) + bonsai_cuda_gemm_f16_workspace(M, K, n, 0, 0, 0);
     }
 #else
     (void) M;
@@ -840,10 +840,11 @@ cudaError_t bonsai_cuda_matmul(const bonsai_cuda_matmul_args * a, void * scratch
 #ifdef BONSAI_CUDA_SM90
         if (f16) {
             void * workspace = (char *) scratch + f16_act_bytes(n_eff, a->K);
-            err = bonsai_cuda_convert_act_f16(a->type, x, a->K, n_eff, a->x_nb0, a->x_nb1, scratch, stream);
+            err = bonsai_cuda_convert_act_f16(a->type, x, a->K, n_eff, a->x_nb0, a->x_nb1, scratch, workspace,
+                                              bonsai_cuda_gemm_f16_flag_bytes(a->M, a->K, n_eff, 0, 0, 0), stream);
             if (err == cudaSuccess) {
-                err = bonsai_cuda_gemm_f16(a->type, w, a->M, a->K, a->w_nb1, scratch, n_eff, dst, a->d_nb1, 0, 0, workspace,
-                                           stream);
+                err = bonsai_cuda_gemm_f16(a->type, w, a->M, a->K, a->w_nb1, scratch, n_eff, dst, a->d_nb1, 0, 0, 0,
+                                           workspace, stream);
             }
         } else
 #endif
@@ -879,10 +880,11 @@ cudaError_t bonsai_cuda_matmul_glu(const bonsai_cuda_matmul_args * a, const bons
         return cudaSuccess;
     }
     void * workspace = (char *) scratch + f16_act_bytes(a->N, a->K);
-    cudaError_t err = bonsai_cuda_convert_act_f16_glu(a->type, glu, a->K, a->N, scratch, stream);
+    cudaError_t err = bonsai_cuda_convert_act_f16_glu(a->type, glu, a->K, a->N, scratch, workspace,
+                                                      bonsai_cuda_gemm_f16_flag_bytes(a->M, a->K, a->N, 0, 0, 0), stream);
     if (err == cudaSuccess) {
-        err = bonsai_cuda_gemm_f16(a->type, a->w, a->M, a->K, a->w_nb1, scratch, a->N, a->dst, a->d_nb1, 0, 0, workspace,
-                                   stream);
+        err = bonsai_cuda_gemm_f16(a->type, a->w, a->M, a->K, a->w_nb1, scratch, a->N, a->dst, a->d_nb1, 0, 0, 0,
+                                   workspace, stream);
     }
     return err;
 #else

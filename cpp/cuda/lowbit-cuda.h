@@ -106,8 +106,9 @@ int bonsai_cuda_act_position_element(int p);
 // (bonsai_cuda_act_f16_rows), the extra rows zeros.
 int64_t bonsai_cuda_act_f16_rows(int64_t N);
 int bonsai_cuda_act_f16_position_element(int type, int p);
+// The pre-pass also clears `zero_bytes` (a multiple of 4; may be 0) at `zero`: the GEMM's flags.
 cudaError_t bonsai_cuda_convert_act_f16(int type, const float * x, int64_t K, int64_t N, size_t x_nb0, size_t x_nb1,
-                                        void * act, cudaStream_t stream);
+                                        void * act, void * zero, size_t zero_bytes, cudaStream_t stream);
 // The same stage images of activations that a SiLU-gated unit makes on the fly (FLUX's MLP
 // output, alone or after the attention output): elements [0, from) of token n are
 // x[n][0..from) (unit stride, rows x_nb1 bytes apart); element from + j is
@@ -118,14 +119,23 @@ struct bonsai_cuda_act_glu {
     const float * glu; size_t glu_nb1; int64_t glu_ne0; bool swapped;
 };
 cudaError_t bonsai_cuda_convert_act_f16_glu(int type, const bonsai_cuda_act_glu * glu, int64_t K, int64_t N, void * act,
-                                            cudaStream_t stream);
-// `config` (1..BONSAI_CUDA_F16_CONFIGS) and `splits` (the parts K is cut into, 1..chunks) pick
-// the tiling, for the test program; both 0 let the shape choose. A split GEMM needs
-// bonsai_cuda_gemm_f16_workspace(...) bytes of device memory in `workspace` (0: none).
+                                            void * zero, size_t zero_bytes, cudaStream_t stream);
+// The schedule, for the test program (all three 0: the shape chooses):
+//   - config: the tile configuration, 1..BONSAI_CUDA_F16_CONFIGS;
+//   - splits >= 1 (blocks 0): one block per tile and part of K, K cut into `splits` parts that
+//     a second pass adds up (1: K whole);
+//   - blocks >= 1 (splits 0): stream-K, `blocks` blocks each taking an equal contiguous share of
+//     the tiles' K chunks; where shares split tiles, at most bonsai_cuda_gemm_f16_max_blocks.
+// The result does not depend on timing: the pieces of a tile are added in a fixed order.
+// Needs bonsai_cuda_gemm_f16_workspace(...) bytes of device memory in `workspace` (0: none),
+// whose first bonsai_cuda_gemm_f16_flag_bytes(...) bytes (stream-K's flags; 0: none) must be
+// zero when the call starts (the pre-pass can clear them); the call leaves them zero.
 #define BONSAI_CUDA_F16_CONFIGS 3
-size_t bonsai_cuda_gemm_f16_workspace(int64_t M, int64_t K, int64_t N, int config, int splits);
+int bonsai_cuda_gemm_f16_max_blocks(int config);  // blocks of `config` that fit on the GPU at once
+size_t bonsai_cuda_gemm_f16_workspace(int64_t M, int64_t K, int64_t N, int config, int splits, int blocks);
+size_t bonsai_cuda_gemm_f16_flag_bytes(int64_t M, int64_t K, int64_t N, int config, int splits, int blocks);
 cudaError_t bonsai_cuda_gemm_f16(int type, const void * w, int64_t M, int64_t K, size_t w_nb1, const void * act,
-                                 int64_t N, float * dst, size_t d_nb1, int config, int splits, void * workspace,
-                                 cudaStream_t stream);
+                                 int64_t N, float * dst, size_t d_nb1, int config, int splits, int blocks,
+                                 void * workspace, cudaStream_t stream);
 
 #endif  // BONSAI_LOWBIT_CUDA_H

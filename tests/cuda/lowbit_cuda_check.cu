@@ -1,6 +1,6 @@
 // Checks and times the CUDA kernels of cpp/cuda against the scalar codec of cpp/lowbit.
 //
-//   lowbit_cuda_check [--json FILE] [--no-perf]
+//   lowbit_cuda_check [--json FILE] [--no-perf] [--quick] [--tokens N] [--f16-configs DIGITS]
 //
 // Correctness (exit status 1 on any failure):
 //   - dequantize to f32/f16/bf16, get_rows, f32 -> type and type -> f32 copies: bit-exact
@@ -8,6 +8,9 @@
 //   - the activation pre-pass: bit-exact against a scalar re-implementation here;
 //   - the GEMM on the pre-pass's own int8 activations: against a float64 sum of the same
 //     integers and scales (only fp32 accumulation order differs: 1e-5 of the output's rms);
+//   - on sm_90a, the f16 GEMM on its own f16 activations, each tile configuration and schedule
+//     (K whole, K split, stream-K with uneven shares): against float64 sums of the same values
+//     (5e-5 of the rms), and a second run bit-identical;
 //   - MUL_MAT through the public entry point (mat-vec for N <= 8, GEMM above), batched and
 //     strided: against float64 products of the dequantized weights and the f32 activations
 //     (mat-vec 1e-5; GEMM 3e-2, the int8 activation rounding, measured and printed).
@@ -33,8 +36,9 @@
 
 static int g_failures = 0;
 
-// --quick: the DiT sweep covers two shapes only.
-static bool g_quick = false;
+// --quick: the DiT sweep covers two shapes only; --tokens N: only N tokens (0: all).
+static bool    g_quick  = false;
+static int64_t g_tokens = 0;
 
 // f16 GEMM configurations to check and time (--f16-configs); all by default.
 static bool g_f16_config[BONSAI_CUDA_F16_CONFIGS + 1] = {false};
@@ -461,9 +465,11 @@ static void check_gemm_exact(const TypeInfo & t, int64_t M, int64_t N, int64_t K
 
 #ifdef BONSAI_CUDA_SM90
 // The Hopper f16 GEMM on its own f16 activations, against float64 sums of the same values
-// (exact products; only the f32 accumulation order differs).
-static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64_t K, int config, int splits, Rng & rng,
-                                 int samples) {
+// (exact products; only the f32 accumulation order differs). The schedule is (config, splits,
+// blocks) of bonsai_cuda_gemm_f16; a second run must give the same bits (stream-K adds the
+// pieces of a tile in a fixed order, whatever the timing).
+static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64_t K, int config, int splits, int blocks,
+                                 Rng & rng, int samples) {
     const auto w = random_weights(t, M, K, rng);
     const auto x = random_activations(N, K, rng);
     DeviceBuffer<uint8_t> dw(w.size());
@@ -474,14 +480,25 @@ static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64
     DeviceBuffer<half>  act(rows * K);
     DeviceBuffer<float> out(M * N);
     out.poison();
-    DeviceBuffer<uint8_t> workspace(bonsai_cuda_gemm_f16_workspace(M, K, N, config, splits) + 1);
+    // the flags (stream-K) cleared by the pre-pass, the rest of the workspace poisoned
+    const size_t ws_bytes   = bonsai_cuda_gemm_f16_workspace(M, K, N, config, splits, blocks);
+    const size_t flag_bytes = bonsai_cuda_gemm_f16_flag_bytes(M, K, N, config, splits, blocks);
+    DeviceBuffer<uint8_t> workspace(ws_bytes + 1);
     workspace.poison();
-    CUDA_OK(bonsai_cuda_convert_act_f16(t.id, dx.ptr, K, N, 4, K * 4, act.ptr, 0));
-    CUDA_OK(bonsai_cuda_gemm_f16(t.id, dw.ptr, M, K, row_bytes(t, K), act.ptr, N, out.ptr, M * 4, config, splits,
+    CUDA_OK(bonsai_cuda_convert_act_f16(t.id, dx.ptr, K, N, 4, K * 4, act.ptr, workspace.ptr, flag_bytes, 0));
+    CUDA_OK(bonsai_cuda_gemm_f16(t.id, dw.ptr, M, K, row_bytes(t, K), act.ptr, N, out.ptr, M * 4, config, splits, blocks,
                                  workspace.ptr, 0));
     CUDA_OK(cudaDeviceSynchronize());
     const auto h   = act.download(rows * K);
     const auto got = out.download(M * N);
+    // Again on the flags the first call left (they must be zero again) and re-poisoned sums.
+    const auto flags = workspace.download(flag_bytes);
+    const bool flags_clear = std::all_of(flags.begin(), flags.end(), [](uint8_t b) { return b == 0; });
+    out.poison();
+    CUDA_OK(cudaMemset(workspace.ptr + flag_bytes, 0xff, ws_bytes + 1 - flag_bytes));
+    CUDA_OK(bonsai_cuda_gemm_f16(t.id, dw.ptr, M, K, row_bytes(t, K), act.ptr, N, out.ptr, M * 4, config, splits, blocks,
+                                 workspace.ptr, 0));
+    const bool same = flags_clear && memcmp(got.data(), out.download(M * N).data(), M * N * sizeof(float)) == 0;
 
     // the pre-pass: position p of a chunk holds f16(element(p)) (no value here exceeds f16's range)
     int element_of[128];
@@ -527,10 +544,18 @@ static void check_gemm_f16_exact(const TypeInfo & t, int64_t M, int64_t N, int64
     }
     const double rms = std::sqrt(ref2 / count);
     const double rel = max_err / (rms > 0 ? rms : 1.0);
-    CHECK(nonfinite == 0 && rel < 5e-5, "%s f16 GEMM %lldx%lldx%lld config %d, K in %d: max error %.3g of rms %.3g (%lld non-finite)",
-          t.name, (long long) M, (long long) N, (long long) K, config, splits, max_err, rms, (long long) nonfinite);
-    printf("  %-7s GEMM f16 exact   M=%-5lld N=%-5lld K=%-5lld cfg %d, K in %d: max err / rms = %.2e %s\n", t.name,
-           (long long) M, (long long) N, (long long) K, config, splits, rel, rel < 5e-5 && nonfinite == 0 ? "ok" : "FAIL");
+    char schedule[48];
+    if (blocks > 0) {
+        snprintf(schedule, sizeof(schedule), "cfg %d, stream-K %3d", config, blocks);
+    } else {
+        snprintf(schedule, sizeof(schedule), "cfg %d, K in %d", config, splits);
+    }
+    const bool ok = nonfinite == 0 && rel < 5e-5 && same;
+    CHECK(ok, "%s f16 GEMM %lldx%lldx%lld %s: max error %.3g of rms %.3g (%lld non-finite), second run %s", t.name,
+          (long long) M, (long long) N, (long long) K, schedule, max_err, rms, (long long) nonfinite,
+          same ? "identical, flags clear" : "DIFFERENT or flags left set");
+    printf("  %-7s GEMM f16 exact   M=%-5lld N=%-5lld K=%-5lld %-20s: max err / rms = %.2e, rerun %s %s\n", t.name,
+           (long long) M, (long long) N, (long long) K, schedule, rel, same ? "identical" : "DIFFERENT", ok ? "ok" : "FAIL");
 }
 #endif
 
@@ -569,9 +594,9 @@ static void check_gemm_f16_decode(const TypeInfo & t, int config, int splits) {
     DeviceBuffer<half>  act(bonsai_cuda_act_f16_rows(N) * K);
     DeviceBuffer<float> out(M * N);
     out.poison();
-    DeviceBuffer<uint8_t> workspace(bonsai_cuda_gemm_f16_workspace(M, K, N, config, splits) + 1);
-    CUDA_OK(bonsai_cuda_convert_act_f16(t.id, dx.ptr, K, N, 4, K * 4, act.ptr, 0));
-    CUDA_OK(bonsai_cuda_gemm_f16(t.id, dw.ptr, M, K, rb, act.ptr, N, out.ptr, M * 4, config, splits, workspace.ptr, 0));
+    DeviceBuffer<uint8_t> workspace(bonsai_cuda_gemm_f16_workspace(M, K, N, config, splits, 0) + 1);
+    CUDA_OK(bonsai_cuda_convert_act_f16(t.id, dx.ptr, K, N, 4, K * 4, act.ptr, nullptr, 0, 0));
+    CUDA_OK(bonsai_cuda_gemm_f16(t.id, dw.ptr, M, K, rb, act.ptr, N, out.ptr, M * 4, config, splits, 0, workspace.ptr, 0));
     CUDA_OK(cudaDeviceSynchronize());
     const auto got = out.download(M * N);
     std::vector<float> wf(K);
@@ -696,8 +721,9 @@ static void dit_accuracy_and_perf(bool perf) {
     }
 #endif
     printf("\nDiT shapes (dst = W x, W: M x K low-bit, x: N tokens of K, f32 out)\n");
-    printf("%-8s %6s %6s %6s | %-7s %8s %6s %6s | %11s | f16 GEMM TFLOPS without the pre-pass: the plan | configurations 1 2 3, K whole | 1 3, K in two\n", "layer", "M",
-           "N", "K", "type", "us", "TFLOPS", "vs bf16", "int8 TFLOPS");
+    printf("%-8s %6s %6s %6s | %-7s %8s %6s %6s | %11s | f16 pre-pass us, pre-pass + GEMM with K in two (cfg 1) us | "
+           "f16 GEMM TFLOPS without the pre-pass: the plan | configurations 1 2 3, K whole | 1 3, K in two | 1 2 3, stream-K\n",
+           "layer", "M", "N", "K", "type", "us", "TFLOPS", "vs bf16", "int8 TFLOPS");
     for (const auto & shape : DIT_SHAPES) {
         if (g_quick && strcmp(shape.name, "qkv") != 0 && strcmp(shape.name, "linear2") != 0) {
             continue;
@@ -720,6 +746,9 @@ static void dit_accuracy_and_perf(bool perf) {
         }
 #endif
         for (const int64_t N : DIT_TOKENS) {
+            if (g_tokens > 0 && N != g_tokens) {
+                continue;
+            }
             const double flops = 2.0 * M * N * K;
             const auto x = random_activations(N, K, rng);
             DeviceBuffer<float> dx(x.size());
@@ -844,24 +873,50 @@ static void dit_accuracy_and_perf(bool perf) {
                 std::string cfgs;
 #ifdef BONSAI_CUDA_SM90
                 DeviceBuffer<half> h(bonsai_cuda_act_f16_rows(N) * K);
-                const double f16_pre_us = time_us([&] { bonsai_cuda_convert_act_f16(t.id, dx.ptr, K, N, 4, K * 4, h.ptr, 0); });
+                const double f16_pre_us = time_us([&] { bonsai_cuda_convert_act_f16(t.id, dx.ptr, K, N, 4, K * 4, h.ptr, nullptr, 0, 0); });
                 line += ", " + jnum("f16_prepass_us", f16_pre_us);
-                // the plan the shape picks, each configuration with K whole, then 1 and 3 with K in two
-                DeviceBuffer<uint8_t> workspace(bonsai_cuda_gemm_f16_workspace(M, K, N, 1, 2) + 1);
-                const int variants[][2] = {{0, 0}, {1, 1}, {2, 1}, {3, 1}, {1, 2}, {3, 2}};
+                // the plan the shape picks; each configuration with K whole; 1 and 3 with K in two;
+                // each configuration stream-K over a full wave of blocks
+                const int variants[][3] = {{0, 0, 0}, {1, 1, 0}, {2, 1, 0}, {3, 1, 0}, {1, 2, 0}, {3, 2, 0}, {1, 0, -1}, {2, 0, -1}, {3, 0, -1}};
+                size_t workspace_bytes = 0;
+                for (const auto & v : variants) {
+                    const int blocks = v[2] < 0 ? bonsai_cuda_gemm_f16_max_blocks(v[0]) : v[2];
+                    workspace_bytes = std::max(workspace_bytes, bonsai_cuda_gemm_f16_workspace(M, K, N, v[0], v[1], blocks));
+                }
+                DeviceBuffer<uint8_t> workspace(workspace_bytes);
+                CUDA_OK(cudaMemset(workspace.ptr, 0, workspace_bytes));  // flags clear; each call leaves them so
+                double split_us = 0;
                 for (const auto & v : variants) {
                     if (v[0] > 0 && !f16_config_on(v[0])) {
                         continue;
                     }
-                    const double cfg_us = time_us([&] {
-                        bonsai_cuda_gemm_f16(t.id, a.w, M, K, a.w_nb1, h.ptr, N, out.ptr, M * 4, v[0], v[1], workspace.ptr, 0);
-                    });
+                    const int blocks = v[2] < 0 ? bonsai_cuda_gemm_f16_max_blocks(v[0]) : v[2];
+                    auto gemm = [&] {
+                        return bonsai_cuda_gemm_f16(t.id, a.w, M, K, a.w_nb1, h.ptr, N, out.ptr, M * 4, v[0], v[1], blocks,
+                                                    workspace.ptr, 0);
+                    };
+                    CUDA_OK(gemm());
+                    const double cfg_us = time_us(gemm);
                     char key[32], buf[32];
-                    snprintf(key, sizeof(key), v[0] == 0 ? "f16_chosen_us" : "f16_cfg%d_k%d_us", v[0], v[1]);
+                    if (v[0] == 0) {
+                        snprintf(key, sizeof(key), "f16_chosen_us");
+                    } else if (blocks > 0) {
+                        snprintf(key, sizeof(key), "f16_cfg%d_streamk_us", v[0]);
+                    } else {
+                        snprintf(key, sizeof(key), "f16_cfg%d_k%d_us", v[0], v[1]);
+                    }
                     line += ", " + jnum(key, cfg_us);
-                    snprintf(buf, sizeof(buf), "%s%5.0f", v[0] == 1 && v[1] == 1 ? " |" : " ", flops / cfg_us * 1e-6);
+                    const bool group = (v[0] == 1 && v[2] == 0) || (v[0] == 1 && v[1] == 2) || (v[0] == 1 && blocks > 0);
+                    snprintf(buf, sizeof(buf), "%s%5.0f", group ? " |" : " ", flops / cfg_us * 1e-6);
                     cfgs += buf;
+                    if (v[0] == 1 && v[1] == 2) {
+                        split_us = cfg_us;
+                    }
                 }
+                // the whole op as the split of K in two ran it: pre-pass, GEMM, summing pass
+                char ops[64];
+                snprintf(ops, sizeof(ops), " | pre %5.1f, K in two %6.1f us", f16_pre_us, f16_pre_us + split_us);
+                cfgs = ops + cfgs;
                 CUDA_OK(cudaGetLastError());
 #endif
                 json_record(line);
@@ -944,9 +999,9 @@ static int profile_one(int type, int64_t M, int64_t N, int64_t K, int config) {
 #ifdef BONSAI_CUDA_SM90
     if (config > 100) {  // the f16 GEMM, configuration config - 100
         DeviceBuffer<half> h(bonsai_cuda_act_f16_rows(N) * K);
-        CUDA_OK(bonsai_cuda_convert_act_f16(type, dx.ptr, K, N, 4, K * 4, h.ptr, 0));
+        CUDA_OK(bonsai_cuda_convert_act_f16(type, dx.ptr, K, N, 4, K * 4, h.ptr, nullptr, 0, 0));
         for (int i = 0; i < 2; i++) {
-            CUDA_OK(bonsai_cuda_gemm_f16(type, dw.ptr, M, K, row_bytes(*t, K), h.ptr, N, out.ptr, M * 4, config - 100, 1,
+            CUDA_OK(bonsai_cuda_gemm_f16(type, dw.ptr, M, K, row_bytes(*t, K), h.ptr, N, out.ptr, M * 4, config - 100, 1, 0,
                                          nullptr, 0));
         }
         CUDA_OK(cudaDeviceSynchronize());
@@ -981,10 +1036,12 @@ int main(int argc, char ** argv) {
             }
         } else if (!strcmp(argv[i], "--quick")) {
             g_quick = true;
+        } else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) {
+            g_tokens = atoll(argv[++i]);
         } else if (!strcmp(argv[i], "--profile") && i + 5 < argc) {
             return profile_one(atoi(argv[i + 1]), atoll(argv[i + 2]), atoll(argv[i + 3]), atoll(argv[i + 4]), atoi(argv[i + 5]));
         } else {
-            fprintf(stderr, "usage: %s [--json FILE] [--no-perf] [--quick] [--f16-configs DIGITS] | --profile TYPE M N K CONFIG\n", argv[0]);
+            fprintf(stderr, "usage: %s [--json FILE] [--no-perf] [--quick] [--tokens N] [--f16-configs DIGITS] | --profile TYPE M N K CONFIG\n", argv[0]);
             return 2;
         }
     }
@@ -1018,15 +1075,30 @@ int main(int argc, char ** argv) {
 #ifdef BONSAI_CUDA_SM90
         for (int cfg = 1; cfg <= BONSAI_CUDA_F16_CONFIGS; cfg++) {
             if (f16_config_on(cfg)) {
-                check_gemm_f16_exact(t, 200, 300, 768, cfg, 1, rng, 0);
-                check_gemm_f16_exact(t, 130, 17, 128, cfg, 1, rng, 0);  // one chunk; tails in M and N
-                check_gemm_f16_exact(t, 200, 300, 768, cfg, 4, rng, 0);  // K in 1 + 2 + 1 + 2 chunks
                 check_gemm_f16_decode(t, cfg, 1);
                 check_gemm_f16_decode(t, cfg, 3);
+                check_gemm_f16_exact(t, 200, 300, 768, cfg, 1, 0, rng, 0);
+                check_gemm_f16_exact(t, 130, 17, 128, cfg, 1, 0, rng, 0);  // one chunk; tails in M and N
+                check_gemm_f16_exact(t, 200, 300, 768, cfg, 4, 0, rng, 0);  // K in 1 + 2 + 1 + 2 chunks
+                // Stream-K, tails in M and N throughout. Configuration 1 has 4 tiles x 6 chunks
+                // here: 7 blocks take shares of 3 or 4 chunks (each tile in two or three pieces),
+                // 13 blocks cut every tile in three or four pieces (middle shares inside one
+                // tile), 24 blocks one chunk each (six pieces a tile); the smaller tiles of
+                // configurations 2 and 3 give shares over several tiles.
+                check_gemm_f16_exact(t, 200, 300, 768, cfg, 0, 7, rng, 0);
+                check_gemm_f16_exact(t, 200, 300, 768, cfg, 0, 13, rng, 0);
+                check_gemm_f16_exact(t, 200, 300, 768, cfg, 0, 24, rng, 0);
+                // Several tiles per share: K of one chunk (no tile split), then 6 chunks with
+                // shares running over two or more tiles, starting and ending inside them.
+                check_gemm_f16_exact(t, 700, 300, 128, cfg, 0, 5, rng, 0);
+                check_gemm_f16_exact(t, 700, 300, 768, cfg, 0, 5, rng, 0);
+                // A full wave of blocks (288 to 1056 chunks of tiles for 132 or 264 blocks).
+                check_gemm_f16_exact(t, 700, 300, 3072, cfg, 0, bonsai_cuda_gemm_f16_max_blocks(cfg), rng, 4000);
             }
         }
-        check_gemm_f16_exact(t, 3072, 512, 3072, 0, 0, rng, 2000);
-        check_gemm_f16_exact(t, 3072, 512, 12288, 0, 0, rng, 500);  // the planner splits this one
+        check_gemm_f16_exact(t, 3072, 512, 3072, 0, 0, 0, rng, 2000);
+        check_gemm_f16_exact(t, 3072, 512, 9216, 0, 0, 0, rng, 500);  // the planner runs stream-K on all three
+        check_gemm_f16_exact(t, 3072, 512, 12288, 0, 0, 0, rng, 500);
 #endif
     }
     printf("\nMUL_MAT entry point vs float64\n");
