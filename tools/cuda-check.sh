@@ -11,7 +11,8 @@
 # $BONSAI_SD_CUDA_WORK, default /tmp/bonsai-cuda-check, is reused); BONSAI_CHECK_PERF_N the token
 # counts of step 4's GEMM timings (default "512|4096|4608"; mat-vec runs at 1).
 #
-#  1. kernels: tests/cuda/lowbit_cuda_check.cu built with nvcc against cpp/cuda and cuBLAS:
+#  1. kernels: tests/cuda/lowbit_matvec_decode_check.cu (the int8 mat-vec's arithmetic on the
+#     CPU) and tests/cuda/lowbit_cuda_check.cu built with nvcc against cpp/cuda and cuBLAS:
 #     bit-exact codec checks, GEMM and mat-vec correctness, accuracy and timings against cuBLAS
 #     (kernels.log, kernels.json). --kernels stops here.
 #  2. build: sd-cli and test-backend-ops with BONSAI_SD_CUDA=ON (build.log, the tail).
@@ -62,11 +63,17 @@ fi
 nvcc $flags $inc $sm90 -c "$here/cpp/cuda/lowbit-cuda-ops.cu" -o "$work/ops.o" & pids+=($!)
 nvcc -std=c++17 -O3 -arch=sm_$arch $inc $sm90 -DBONSAI_HAVE_CUBLAS -c "$here/tests/cuda/lowbit_cuda_check.cu" \
     -o "$work/check.o" & pids+=($!)
+nvcc -std=c++17 -O2 -arch=sm_$arch $inc -c "$here/tests/cuda/lowbit_matvec_decode_check.cu" -o "$work/decode.o" & pids+=($!)
 for pid in "${pids[@]}"; do
     wait "$pid" || { echo "kernel build failed" | tee -a "$out/kernels.log"; exit 1; }
 done
 nvcc -arch=sm_$arch "${objs[@]}" -lcublas -o "$work/lowbit_cuda_check" || { echo "kernel link failed"; exit 1; }
+nvcc -arch=sm_$arch "$work/decode.o" "$work/gemm.o" "$work/codec.o" -o "$work/lowbit_matvec_decode_check" ||
+    { echo "kernel link failed"; exit 1; }
 
+echo "== kernels: the int8 mat-vec's unit arithmetic on the CPU" | tee -a "$out/kernels.log"
+"$work/lowbit_matvec_decode_check" 2>&1 | tee -a "$out/kernels.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 echo "== kernels: check and time" | tee -a "$out/kernels.log"
 "$work/lowbit_cuda_check" --json "$out/kernels.json" ${BONSAI_CHECK_ARGS:-} 2>&1 | tee -a "$out/kernels.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

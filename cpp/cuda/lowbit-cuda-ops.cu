@@ -1,6 +1,7 @@
 // The low-bit types on CUDA, everything but the GEMM: dequantization (convert), get_rows,
-// f32 <-> type copies, the small-batch mat-vec, and the MUL_MAT entry point that picks
-// between the mat-vec and the GEMM of lowbit-cuda-gemm.cu.
+// f32 <-> type copies, the small-batch mat-vecs (int8 activations, and f32 where those do not
+// fit in shared memory), and the MUL_MAT entry point that picks between a mat-vec and the GEMM
+// of lowbit-cuda-gemm.cu.
 
 #include "lowbit-cuda.h"
 #include "lowbit-cuda-common.cuh"
@@ -217,16 +218,17 @@ static __global__ void dequantize_cpy_kernel(bonsai_cuda_cpy_args a, int64_t nsu
 }
 
 // ---- mat-vec: N <= 8 columns of f32 activations ---------------------------------------------
-// Built to stream the weights at memory speed. A warp owns MMV_ROWS weight rows and walks K in
-// steps of four 128-element chunks. Its lanes copy each step's raw row bytes (file layout) into
-// the warp's own ring of shared-memory stages with 16-byte cp.async pieces, MMV_STAGES - 1 steps
-// ahead; rows are only 2-byte aligned, so a step copies from the 16-byte boundary at or below its
-// first byte and the decoder starts that many bytes into the stage. Lane l decodes unit l % 8
-// (16 elements) of chunk l / 8 of every row of the warp against the same activations, loaded
-// once per step (per column group) into registers.
-// Weights decode exactly to (code - 1) as f32 with a mantissa trick (no int -> float convert);
-// products and sums are f32. When there are too few rows to fill the GPU, the warps of a block
-// split K between them and add their sums through shared memory.
+// Exact weights and f32 sums; runs where the int8 mat-vec below cannot hold a block's activation
+// columns in shared memory (N * K above about 170 k elements on an H100, 115 k on an A100).
+// A warp owns MMV_ROWS weight rows and walks K in steps of four 128-element chunks. Its lanes
+// copy each step's raw row bytes (file layout) into the warp's own ring of shared-memory stages
+// with 16-byte cp.async pieces, MMV_STAGES - 1 steps ahead; rows are only 2-byte aligned, so a
+// step copies from the 16-byte boundary at or below its first byte and the decoder starts that
+// many bytes into the stage. Lane l decodes unit l % 8 (16 elements) of chunk l / 8 of every row
+// of the warp against the same activations, loaded once per step (per column group) into
+// registers. Weights decode exactly to (code - 1) as f32 with a mantissa trick (no int -> float
+// convert); products and sums are f32. When there are too few rows to fill the GPU, the warps of
+// a block split K between them and add their sums through shared memory.
 
 static constexpr int MMV_WARPS  = 4;  // warps per block
 static constexpr int MMV_ROWS   = 4;  // weight rows per warp: one activation load serves all of them
@@ -593,6 +595,550 @@ static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv
     }
 }
 
+// ---- mat-vec on int8 activations: N <= 8 columns ----------------------------------------------
+// The weights are 1.1-2.3 bits, so the f32 mat-vec above spends its time on instructions, not on
+// bytes (an f32 decode and FMA per weight). This one takes four weights per __dp4a: each block
+// first rounds its slice's activation columns to int8 in shared memory, one scale per 32
+// elements (ggml's q8_1 grain), laid out so that the products can use the weight codes where
+// they sit in the packed bytes: word & (0x03030303 << 2k) are four 2-bit codes in four bytes (4^k
+// too large: each position k has an accumulator of its own, joined per 32-element group), word &
+// (0x01010101 << k) four Q1_0 bits; PTQ1_0's base-3 bytes go through the identity at its
+// mvq_dot. The weights stream through a ring of shared-memory stages per warp with 16-byte
+// cp.async, the first stages issued before the activations are rounded. A stage holds 32
+// consecutive 128-element units (chunks) of the warp's rows, and lane l takes unit l: units are
+// only 2-byte aligned, so it reads the aligned words around its unit and realigns them with byte
+// permutes. Each block takes a run of rows; its warps split the run's units evenly (a row may be
+// shared by two warps, or by several lanes of a stage) and add each row's pieces in shared
+// memory. Products are exact integers per 32 elements; the scales, d and the sums are f32.
+//
+// Activation layout (per column, per chunk: 144 bytes, so that the chunks of 8 consecutive lanes
+// start in 8 different 16-byte bank groups): granules 0..7 of 16 bytes, then one granule of
+// four group words, (bf16 scale of group g << 16) | (sum of its 32 int8 values & 0xffff).
+//   Q2_0, PQ2_0: granule i serves code word i (elements 16i..16i+15): its 32-bit word k holds
+//                the elements 16i + 4b + k (b = 0..3), whose codes are bits 2k of byte b.
+//   Q1_0:        granules 2i, 2i + 1 serve code word i (elements 32i..32i+31): word k (0..7)
+//                holds the elements 32i + 8b + k, bit k of byte b.
+//   PTQ1_0:      the elements in order.
+// The scale is amax / 127 rounded up to bf16 (so that every |x| / scale <= 127), the values
+// round(x * (1 / scale)), half to even: tests/cuda/lowbit_cuda_check.cu repeats this bit for bit.
+
+static constexpr int MVQ_WARPS     = 8;    // warps per block
+static constexpr int MVQ_STAGES    = 4;    // ring stages per warp (three in flight while one is used)
+static constexpr int MVQ_CHUNK     = 144;  // shared-memory bytes per chunk per column
+static constexpr int MVQ_BLOCKS    = 2;    // blocks per SM the grid is sized for
+static constexpr int MVQ_MIN_UNITS = MVQ_WARPS * 32;  // a block takes at least a stage per warp
+static constexpr int MVQ_MAX_ROWS  = 512;  // rows per block, for the row sums in shared memory
+
+template <int TYPE> struct mvq_geometry {
+    static constexpr int unit  = chunk_bytes(TYPE);  // file bytes of one chunk
+    // a stage: 32 units from any 2-byte offset of a 16-byte piece, and the aligned word that
+    // the last unit's realignment reads past its end
+    static constexpr int slot  = 32 * unit + 32;
+    static constexpr int pieces_per_lane = (slot / 16 + 31) / 32;  // 16-byte copies per lane per stage
+};
+
+// __dp4a of four unsigned bytes (weight codes) with four signed bytes (activations), and
+// __byte_perm; with host versions, for tests/cuda/lowbit_matvec_decode_check.cu.
+static __host__ __device__ __forceinline__ int dp4a_us(uint32_t codes, uint32_t acts, int acc) {
+#ifdef __CUDA_ARCH__
+    asm("dp4a.u32.s32 %0, %1, %2, %0;" : "+r"(acc) : "r"(codes), "r"(acts));
+    return acc;
+#else
+    for (int i = 0; i < 4; i++) {
+        acc += (int) ((codes >> (8 * i)) & 0xff) * (int) (int8_t) ((acts >> (8 * i)) & 0xff);
+    }
+    return acc;
+#endif
+}
+
+static __host__ __device__ __forceinline__ uint32_t byte_perm(uint32_t lo, uint32_t hi, uint32_t selector) {
+#ifdef __CUDA_ARCH__
+    return __byte_perm(lo, hi, selector);
+#else
+    const uint64_t bytes = ((uint64_t) hi << 32) | lo;
+    uint32_t r = 0;
+    for (int i = 0; i < 4; i++) {
+        r |= (uint32_t) ((bytes >> (8 * ((selector >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    }
+    return r;
+#endif
+}
+
+static __host__ __device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
+    return __half2float(__ushort_as_half((unsigned short) (bits & 0xffff)));
+}
+
+// One unit's weights: its code words and scales d, from the aligned words w[] that start at its
+// first byte rounded down to 4; `shift` (0 or 2) is how far past w[0] the unit starts.
+template <int TYPE> struct mvq_weights;
+
+template <> struct mvq_weights<BONSAI_TYPE_Q1_0> {
+    uint32_t code[4];  // qs as four words (elements 32i..32i+31)
+    float    d;
+    __host__ __device__ __forceinline__ mvq_weights(const uint32_t * w, int shift) {
+        const uint32_t sel = shift ? 0x7654u : 0x5432u;  // qs start at shift + 2
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            code[i] = byte_perm(w[i], w[i + 1], sel);
+        }
+        d = half_bits_to_float(byte_perm(w[0], 0, shift ? 0x32u : 0x10u));
+    }
+};
+
+template <> struct mvq_weights<BONSAI_TYPE_PQ2_0> {
+    uint32_t code[8];  // qs as eight words (elements 16i..16i+15)
+    float    d;
+    __host__ __device__ __forceinline__ mvq_weights(const uint32_t * w, int shift) {
+        const uint32_t sel = shift ? 0x7654u : 0x5432u;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            code[i] = byte_perm(w[i], w[i + 1], sel);
+        }
+        d = half_bits_to_float(byte_perm(w[0], 0, shift ? 0x32u : 0x10u));
+    }
+};
+
+// Two 64-element blocks: d0 at 0, qs at 2..17, d1 at 18, qs at 20..35.
+template <> struct mvq_weights<BONSAI_TYPE_Q2_0> {
+    uint32_t code[8];
+    float    d[2];
+    __host__ __device__ __forceinline__ mvq_weights(const uint32_t * w, int shift) {
+        const uint32_t sel0 = shift ? 0x7654u : 0x5432u;  // first block's qs at shift + 2
+        const uint32_t sel1 = shift ? 0x5432u : 0x3210u;  // second's at shift + 20
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            code[i]     = byte_perm(w[i], w[i + 1], sel0);
+            code[4 + i] = byte_perm(w[5 + i], w[6 + i], sel1);
+        }
+        d[0] = half_bits_to_float(byte_perm(w[0], 0, shift ? 0x32u : 0x10u));
+        d[1] = half_bits_to_float(byte_perm(w[4], w[5], shift ? 0x54u : 0x32u));
+    }
+};
+
+// qs as six words, then qh (low half) and d (high half) as a seventh.
+template <> struct mvq_weights<BONSAI_TYPE_PTQ1_0> {
+    uint32_t code[7];
+    float    d;
+    __host__ __device__ __forceinline__ mvq_weights(const uint32_t * w, int shift) {
+        const uint32_t sel = shift ? 0x5432u : 0x3210u;
+#pragma unroll
+        for (int i = 0; i < 7; i++) {
+            code[i] = byte_perm(w[i], w[i + 1], sel);
+        }
+        d = half_bits_to_float(code[6] >> 16);
+    }
+};
+
+// The unit's dot product with one column's chunk of activations `a` (MVQ_CHUNK bytes, 16-byte
+// aligned): sum over its 32-element groups g of scale_g * (sum of (code - 1) * value).
+// Per group the integer sum starts at -sum(values), which accounts for the "- 1" of every code.
+static __host__ __device__ __forceinline__ float mvq_group_scale(uint32_t group) {
+    const uint32_t bits = group & 0xffff0000u;
+    float          scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return scale;
+}
+
+static __host__ __device__ __forceinline__ int mvq_group_sum(uint32_t group) {
+    return (int) (int16_t) (group & 0xffff);
+}
+
+template <int TYPE>
+static __host__ __device__ __forceinline__ float mvq_dot(const mvq_weights<TYPE> & wt, const uint8_t * a);
+
+// 2-bit codes. Four accumulators per group take the four code positions without shifting them
+// down (position k arrives 4^k too large) and are joined as 64 * (sum - sum of values).
+static __host__ __device__ __forceinline__ int mvq_dot2(uint32_t c0, uint32_t c1, uint4 a0, uint4 a1, int start) {
+    int k0 = start, k1 = 0, k2 = 0, k3 = 0;
+    k0 = dp4a_us(c0 & 0x03030303u, a0.x, k0);
+    k1 = dp4a_us(c0 & 0x0c0c0c0cu, a0.y, k1);
+    k2 = dp4a_us(c0 & 0x30303030u, a0.z, k2);
+    k3 = dp4a_us(c0 & 0xc0c0c0c0u, a0.w, k3);
+    k0 = dp4a_us(c1 & 0x03030303u, a1.x, k0);
+    k1 = dp4a_us(c1 & 0x0c0c0c0cu, a1.y, k1);
+    k2 = dp4a_us(c1 & 0x30303030u, a1.z, k2);
+    k3 = dp4a_us(c1 & 0xc0c0c0c0u, a1.w, k3);
+    return k0 * 64 + k1 * 16 + k2 * 4 + k3;
+}
+
+template <>
+__host__ __device__ __forceinline__ float mvq_dot(const mvq_weights<BONSAI_TYPE_PQ2_0> & wt, const uint8_t * a) {
+    const uint4 * g = (const uint4 *) a;
+    const uint4 groups = g[8];
+    const uint32_t gw[4] = {groups.x, groups.y, groups.z, groups.w};
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int t = mvq_dot2(wt.code[2 * j], wt.code[2 * j + 1], g[2 * j], g[2 * j + 1], -mvq_group_sum(gw[j]));
+        sum = fmaf(mvq_group_scale(gw[j]), (float) t, sum);
+    }
+    return wt.d * (1.0f / 64) * sum;
+}
+
+template <>
+__host__ __device__ __forceinline__ float mvq_dot(const mvq_weights<BONSAI_TYPE_Q2_0> & wt, const uint8_t * a) {
+    const uint4 * g = (const uint4 *) a;
+    const uint4 groups = g[8];
+    const uint32_t gw[4] = {groups.x, groups.y, groups.z, groups.w};
+    float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int t = mvq_dot2(wt.code[2 * j], wt.code[2 * j + 1], g[2 * j], g[2 * j + 1], -mvq_group_sum(gw[j]));
+        sum[j / 2] = fmaf(mvq_group_scale(gw[j]), (float) t, sum[j / 2]);
+    }
+    return (1.0f / 64) * (wt.d[0] * sum[0] + wt.d[1] * sum[1]);
+}
+
+// Q1_0: eight bit positions, joined as 128 * (sum of bit * value) - 64 * (sum of values)
+// = 64 * (sum of (2 * bit - 1) * value).
+template <>
+__host__ __device__ __forceinline__ float mvq_dot(const mvq_weights<BONSAI_TYPE_Q1_0> & wt, const uint8_t * a) {
+    const uint4 * g = (const uint4 *) a;
+    const uint4 groups = g[8];
+    const uint32_t gw[4] = {groups.x, groups.y, groups.z, groups.w};
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const uint32_t c = wt.code[j];
+        const uint4 lo = g[2 * j], hi = g[2 * j + 1];
+        const int k0 = dp4a_us(c & 0x01010101u, lo.x, 0);
+        const int k1 = dp4a_us(c & 0x02020202u, lo.y, 0);
+        const int k2 = dp4a_us(c & 0x04040404u, lo.z, 0);
+        const int k3 = dp4a_us(c & 0x08080808u, lo.w, 0);
+        const int k4 = dp4a_us(c & 0x10101010u, hi.x, 0);
+        const int k5 = dp4a_us(c & 0x20202020u, hi.y, 0);
+        const int k6 = dp4a_us(c & 0x40404040u, hi.z, 0);
+        const int k7 = dp4a_us(c & 0x80808080u, hi.w, -64 * mvq_group_sum(gw[j]));
+        const int t  = ((((((k0 * 2 + k1) * 2 + k2) * 2 + k3) * 2 + k4) * 2 + k5) * 2 + k6) * 2 + k7;
+        sum = fmaf(mvq_group_scale(gw[j]), (float) t, sum);
+    }
+    return wt.d * (1.0f / 64) * sum;
+}
+
+// PTQ1_0. With H_n(b) = floor(b * 3^(n+1) / 256), TQ1_0's trit n of byte b, ((b * 3^n mod 256)
+// * 3) >> 8, equals H_n - 3 H_(n-1) (H_-1 = 0). So sum_n trit_n * x_n = sum_n H_n * (x_n - 3
+// x_(n+1)) (x past the last trit = 0): per byte H_n is the high byte of one 16-bit product (b *
+// 243 < 2^16), no masking between trits, and two accumulators per group take H_n * x_n (A) and
+// H_n * x_(n+1) (B). The bytes of a qs word go two by two into 16-bit lanes (even, odd bytes);
+// a byte permute puts the four H_n back in byte order.
+template <>
+__host__ __device__ __forceinline__ float mvq_dot(const mvq_weights<BONSAI_TYPE_PTQ1_0> & wt, const uint8_t * a) {
+    const uint32_t * x = (const uint32_t *) a;  // x[e / 4]: the values of elements e..e+3
+    const uint4 groups = ((const uint4 *) a)[8];
+    const uint32_t gw[4] = {groups.x, groups.y, groups.z, groups.w};
+    int A[4], B[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        A[j] = -mvq_group_sum(gw[j]);
+    }
+    // qs[0..15]: trit n of byte 4w + b is element 16n + 4w + b
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+        uint32_t even = (wt.code[w] & 0x00ff00ffu) * 3, odd = ((wt.code[w] >> 8) & 0x00ff00ffu) * 3;
+#pragma unroll
+        for (int n = 0; n < 5; n++) {
+            const uint32_t h = byte_perm(even, odd, 0x7351u);
+            A[n / 2] = dp4a_us(h, x[4 * n + w], A[n / 2]);
+            if (n < 4) {
+                B[(n + 1) / 2] = dp4a_us(h, x[4 * (n + 1) + w], B[(n + 1) / 2]);
+            }
+            even *= 3;
+            odd *= 3;
+        }
+    }
+    // qs[16..23]: trit n of byte 16 + 4w + b is element 80 + 8n + 4w + b
+#pragma unroll
+    for (int w = 0; w < 2; w++) {
+        uint32_t even = (wt.code[4 + w] & 0x00ff00ffu) * 3, odd = ((wt.code[4 + w] >> 8) & 0x00ff00ffu) * 3;
+#pragma unroll
+        for (int n = 0; n < 5; n++) {
+            const uint32_t h = byte_perm(even, odd, 0x7351u);
+            const int e = 80 + 8 * n + 4 * w;
+            A[e / 32] = dp4a_us(h, x[e / 4], A[e / 32]);
+            if (n < 4) {
+                B[(e + 8) / 32] = dp4a_us(h, x[(e + 8) / 4], B[(e + 8) / 32]);
+            }
+            even *= 3;
+            odd *= 3;
+        }
+    }
+    // qh: trit n (0..3) of byte h is element 120 + 2n + h; its two H_n go to bytes 0, 1 of the
+    // word of elements 120 + 4m (n even) or to bytes 2, 3 (n odd)
+    {
+        uint32_t even = (wt.code[6] & 0xffu) * 3, odd = ((wt.code[6] >> 8) & 0xffu) * 3;
+#pragma unroll
+        for (int n = 0; n < 4; n++) {
+            const uint32_t h_low  = byte_perm(even, odd, 0x7351u);  // bytes 0, 1 (2, 3 are zero)
+            const uint32_t h_high = byte_perm(even, odd, 0x5173u);  // bytes 2, 3
+            A[3] = dp4a_us(n % 2 ? h_high : h_low, x[30 + n / 2], A[3]);
+            if (n < 3) {
+                B[3] = dp4a_us(n % 2 ? h_low : h_high, x[30 + (n + 1) / 2], B[3]);
+            }
+            even *= 3;
+            odd *= 3;
+        }
+    }
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        sum = fmaf(mvq_group_scale(gw[j]), (float) (A[j] - 3 * B[j]), sum);
+    }
+    return wt.d * sum;
+}
+
+// The bf16 scale of a group (amax / 127 rounded up, so that no value rounds past 127) as its
+// bits in the high half, and the inverse the values are multiplied by.
+static __device__ __forceinline__ uint32_t mvq_scale_bits(float amax) {
+    const uint32_t bits = __float_as_uint(__fdiv_rn(amax, 127.0f));
+    return (bits + 0xffffu) & 0xffff0000u;
+}
+
+static __device__ __forceinline__ uint32_t pack_bytes4(int b0, int b1, int b2, int b3) {
+    return __byte_perm(__byte_perm(b0, b1, 0x0040u), __byte_perm(b2, b3, 0x0040u), 0x5410u);
+}
+
+// Thread `word` of a column rounds its 16 elements 16 word .. + 15 (two threads, adjacent lanes,
+// per 32-element group) and writes them into chunk word / 8, granule word % 8. All lanes of the
+// warp take part (the shuffles); those with on == false write nothing.
+template <int TYPE>
+static __device__ __forceinline__ void mvq_quantize(const float * x, int word, bool on, uint8_t * act) {
+    float v[16];
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        const float4 f = on ? __ldg((const float4 *) (x + 16 * word) + q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
+    }
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        amax = fmaxf(amax, fabsf(v[j]));
+    }
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    const uint32_t scale   = mvq_scale_bits(amax);
+    const float    inverse = scale ? __fdiv_rn(1.0f, __uint_as_float(scale)) : 0.0f;
+    int q[16], sum = 0;
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        q[j] = __float2int_rn(v[j] * inverse);
+        sum += q[j];
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+
+    uint32_t out[4];
+    if constexpr (TYPE == BONSAI_TYPE_PTQ1_0) {
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            out[w] = pack_bytes4(q[4 * w], q[4 * w + 1], q[4 * w + 2], q[4 * w + 3]);
+        }
+    } else if constexpr (TYPE == BONSAI_TYPE_Q1_0) {
+        // Word k of the group's two granules holds elements k, 8 + k (this thread if even) and
+        // 16 + k, 24 + k (the odd one): each thread makes its halves of all eight words, and the
+        // even thread writes words 0..3, the odd one words 4..7.
+        uint32_t half[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            half[k] = __byte_perm(q[k], q[8 + k], 0x0040u) & 0xffffu;
+        }
+        const bool     odd     = word & 1;
+        const uint32_t give[2] = {odd ? half[0] | half[1] << 16 : half[4] | half[5] << 16,
+                                  odd ? half[2] | half[3] << 16 : half[6] | half[7] << 16};
+        const uint32_t got[2]  = {__shfl_xor_sync(0xffffffffu, give[0], 1), __shfl_xor_sync(0xffffffffu, give[1], 1)};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const uint32_t other = (got[k / 2] >> (16 * (k % 2))) & 0xffffu;
+            out[k] = odd ? other | half[4 + k] << 16 : half[k] | other << 16;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            out[k] = pack_bytes4(q[k], q[4 + k], q[8 + k], q[12 + k]);
+        }
+    }
+    if (on) {
+        uint8_t * chunk = act + (word / 8) * MVQ_CHUNK;
+        *(uint4 *) (chunk + 16 * (word % 8)) = make_uint4(out[0], out[1], out[2], out[3]);
+        if (!(word & 1)) {
+            *(uint32_t *) (chunk + 128 + 4 * (word % 8 / 2)) = scale | (uint32_t) (sum & 0xffff);
+        }
+    }
+}
+
+struct mvq_params {
+    const uint8_t * w;
+    size_t          w_nb1, w_nb2, w_nb3;
+    int64_t         r2, r3, ne2;  // x slice (i2, i3) uses weight slice (i2 / r2, i3 / r3)
+    const float *   x;
+    size_t          x_nb1, x_nb2, x_nb3;
+    float *         dst;
+    size_t          d_nb1, d_nb2, d_nb3;
+    int64_t         M;
+    int             chunks;          // K / 128
+    int             rows_per_block;
+};
+
+extern __shared__ __align__(16) uint8_t mvq_smem[];
+
+// grid: (row runs of rows_per_block, ne2 * ne3 slices); dynamic shared memory: the warps' rings,
+// the activations (NC x chunks x MVQ_CHUNK) and the row sums (rows_per_block x NC floats).
+template <int TYPE, int NC>
+static __global__ void __launch_bounds__(MVQ_WARPS * 32, MVQ_BLOCKS) mvq_kernel(const mvq_params p) {
+    using G = mvq_geometry<TYPE>;
+    const int C    = p.chunks;
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+
+    const int64_t row0 = (int64_t) blockIdx.x * p.rows_per_block;
+    const int     rows = (int) min((int64_t) p.rows_per_block, p.M - row0);
+    const int64_t i2   = blockIdx.y % p.ne2;
+    const int64_t i3   = blockIdx.y / p.ne2;
+
+    const uint8_t * ws    = p.w + (i2 / p.r2) * p.w_nb2 + (i3 / p.r3) * p.w_nb3;
+    const uint8_t * wrun  = ws + row0 * p.w_nb1;
+    // 16-byte pieces that reach outside the slice's bytes (only at its very start and end) are
+    // copied two bytes at a time
+    const uintptr_t lo    = (uintptr_t) ws;
+    const uintptr_t hi    = lo + (size_t) (p.M - 1) * p.w_nb1 + (size_t) C * G::unit;
+    const bool      flat  = p.w_nb1 == (size_t) C * G::unit;  // rows back to back: stages may span rows
+
+    uint8_t * const ring   = mvq_smem + warp * (MVQ_STAGES * G::slot);
+    uint8_t * const act    = mvq_smem + MVQ_WARPS * MVQ_STAGES * G::slot;
+    float   * const rowsum = (float *) (act + (size_t) NC * C * MVQ_CHUNK);
+
+    // the warp's units (row-major over the run's rows)
+    const int total   = rows * C;
+    const int u_begin = (int) ((int64_t) total * warp / MVQ_WARPS);
+    const int u_end   = (int) ((int64_t) total * (warp + 1) / MVQ_WARPS);
+
+    auto unit_address = [&](int u) {
+        return (uintptr_t) (wrun + (size_t) (u / C) * p.w_nb1 + (size_t) (u % C) * G::unit);
+    };
+    // the units of the stage that starts at unit u: up to 32, within one row unless flat
+    auto stage_units = [&](int u) {
+        const int n = min(32, u_end - u);
+        return flat ? n : min(n, C - u % C);
+    };
+    // copies the n units from unit u into ring stage s: the 16-byte pieces from the one at or
+    // below their first byte
+    auto issue = [&](int u, int n, int s) {
+        const uintptr_t first  = unit_address(u);
+        const uintptr_t base   = first & ~(uintptr_t) 15;
+        const int       pieces = (int) ((first & 15) + (uintptr_t) n * G::unit + 15) / 16;
+        const bool      inside = base >= lo && base + 16 * (uintptr_t) pieces <= hi;
+        uint8_t * const stage  = ring + s * G::slot;
+#pragma unroll
+        for (int j = 0; j < G::pieces_per_lane; j++) {
+            const int piece = lane + 32 * j;
+            if (piece < pieces) {
+                const uintptr_t src = base + 16 * piece;
+                uint8_t *       to  = stage + 16 * piece;
+                if (inside || (src >= lo && src + 16 <= hi)) {
+                    cp_async16(to, (const void *) src);
+                } else {
+#pragma unroll 1
+                    for (int h = 0; h < 16; h += 2) {
+                        if (src + h >= lo && src + h + 2 <= hi) {
+                            *(uint16_t *) (to + h) = *(const uint16_t *) (src + h);
+                        }
+                    }
+                }
+            }
+        }
+    };
+
+    int next = u_begin;  // first unit not yet issued
+#pragma unroll
+    for (int s = 0; s < MVQ_STAGES - 1; s++) {
+        if (next < u_end) {
+            const int n = stage_units(next);
+            issue(next, n, s);
+            next += n;
+        }
+        cp_async_commit();
+    }
+
+    // the activations, while the first stages are on their way
+    for (int i = threadIdx.x; i < rows * NC; i += MVQ_WARPS * 32) {
+        rowsum[i] = 0.0f;
+    }
+    {
+        const char * xs    = (const char *) p.x + i2 * p.x_nb2 + i3 * p.x_nb3;
+        const int    words = 8 * C;  // per column; a multiple of 8, so groups and chunks stay in a warp
+        for (int j0 = 0; j0 < NC * words; j0 += MVQ_WARPS * 32) {
+            const int  j   = j0 + (int) threadIdx.x;
+            const bool on  = j < NC * words;
+            const int  col = on ? j / words : 0;
+            mvq_quantize<TYPE>((const float *) (xs + col * p.x_nb1), j - col * words, on,
+                               act + (size_t) col * C * MVQ_CHUNK);
+        }
+    }
+    __syncthreads();
+
+    for (int u = u_begin, s = 0; u < u_end; s = (s + 1) % MVQ_STAGES) {
+        if (next < u_end) {
+            const int n = stage_units(next);
+            issue(next, n, (s + MVQ_STAGES - 1) % MVQ_STAGES);
+            next += n;
+        }
+        cp_async_commit();
+        cp_async_wait<MVQ_STAGES - 1>();
+        __syncwarp();  // every lane's pieces of this stage have landed
+
+        const int n = stage_units(u);
+        // the lane's unit: row `row` of the run, chunk c
+        int row = u / C, c = u % C + lane;
+        while (c >= C) {
+            c -= C;
+            row++;
+        }
+        float sum[NC];
+#pragma unroll
+        for (int col = 0; col < NC; col++) {
+            sum[col] = 0.0f;
+        }
+        if (lane < n) {
+            const int      at = (int) (unit_address(u) & 15) + lane * G::unit;
+            const mvq_weights<TYPE> wt((const uint32_t *) (ring + s * G::slot + (at & ~3)), at & 3);
+#pragma unroll
+            for (int col = 0; col < NC; col++) {
+                sum[col] = mvq_dot<TYPE>(wt, act + ((size_t) col * C + c) * MVQ_CHUNK);
+            }
+        } else {
+            row = -1;
+        }
+        // Lanes hold consecutive units, so each row's lanes are a run: sum every run into its
+        // first lane (a segmented suffix sum), which adds it to the row's total.
+#pragma unroll
+        for (int offset = 1; offset < 32; offset *= 2) {
+            const int other = __shfl_down_sync(0xffffffffu, row, offset);
+#pragma unroll
+            for (int col = 0; col < NC; col++) {
+                const float v = __shfl_down_sync(0xffffffffu, sum[col], offset);
+                if (lane + offset < 32 && other == row) {
+                    sum[col] += v;
+                }
+            }
+        }
+        const int before = __shfl_up_sync(0xffffffffu, row, 1);
+        if (row >= 0 && (lane == 0 || before != row)) {
+#pragma unroll
+            for (int col = 0; col < NC; col++) {
+                atomicAdd(&rowsum[row * NC + col], sum[col]);  // another warp may share the row
+            }
+        }
+        __syncwarp();  // every lane is done with this stage before it is refilled
+        u += n;
+    }
+    __syncthreads();
+
+    char * ds = (char *) p.dst + i2 * p.d_nb2 + i3 * p.d_nb3 + row0 * sizeof(float);
+#pragma unroll
+    for (int col = 0; col < NC; col++) {
+        for (int r = threadIdx.x; r < rows; r += MVQ_WARPS * 32) {
+            ((float *) (ds + col * p.d_nb1))[r] = rowsum[r * NC + col];
+        }
+    }
+}
+
 // Copies strided f32 activations into contiguous columns [slice][N][K] for the mat-vec.
 static __global__ void gather_cols_kernel(const char * __restrict__ x, int64_t K, int64_t N, int64_t ne2,
                                           size_t nb0, size_t nb1, size_t nb2, size_t nb3, float * __restrict__ y) {
@@ -647,18 +1193,91 @@ static cudaError_t launch_mmv(const bonsai_cuda_matmul_args & a, const float * x
     return cudaGetLastError();
 }
 
+// Per device: SMs and the shared memory a block may opt into (cached).
+struct mvq_device {
+    int sms        = 0;
+    int smem_optin = 0;
+};
+
+static const mvq_device * mvq_device_info(int & device) {
+    static mvq_device info[64];
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) {
+        return nullptr;
+    }
+    mvq_device & d = info[device];
+    if (d.sms == 0) {
+        cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+        cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device);
+        d.sms = max(d.sms, 1);
+    }
+    return &d;
+}
+
+// The int8 mat-vec when a block's activations fit in shared memory, else the f32 one.
+template <int TYPE, int NC>
+static cudaError_t launch_matvec(const bonsai_cuda_matmul_args & a, const float * x, size_t x_nb1, size_t x_nb2,
+                                 size_t x_nb3, cudaStream_t stream) {
+    using G = mvq_geometry<TYPE>;
+    int device = 0;
+    const mvq_device * dev = mvq_device_info(device);
+    const int     C      = (int) (a.K / 128);
+    const int64_t slices = a.ne2 * a.ne3;
+    // MVQ_BLOCKS blocks per SM over all slices; each takes a run of rows (at least a stage per
+    // warp: every block rounds the whole activation vector again)
+    const int64_t blocks = max((int64_t) 1, (int64_t) (dev ? dev->sms : 1) * MVQ_BLOCKS / slices);
+    int64_t rows = (a.M + blocks - 1) / blocks;
+    rows = max(rows, (int64_t) ((MVQ_MIN_UNITS + C - 1) / C));
+    rows = min(rows, min((int64_t) MVQ_MAX_ROWS, a.M));
+    const size_t smem = (size_t) MVQ_WARPS * MVQ_STAGES * G::slot + (size_t) NC * C * MVQ_CHUNK +
+                        (size_t) rows * NC * sizeof(float);
+    if (!dev || smem > (size_t) dev->smem_optin) {
+        return launch_mmv<TYPE, NC>(a, x, x_nb1, x_nb2, x_nb3, stream);
+    }
+    static bool raised[64];
+    if (!raised[device]) {
+        const cudaError_t err = cudaFuncSetAttribute(mvq_kernel<TYPE, NC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     dev->smem_optin);
+        if (err != cudaSuccess) {
+            return err;
+        }
+        raised[device] = true;
+    }
+    mvq_params p;
+    p.w              = (const uint8_t *) a.w;
+    p.w_nb1          = a.w_nb1;
+    p.w_nb2          = a.w_nb2;
+    p.w_nb3          = a.w_nb3;
+    p.r2             = a.ne2 / a.w_ne2;
+    p.r3             = a.ne3 / a.w_ne3;
+    p.ne2            = a.ne2;
+    p.x              = x;
+    p.x_nb1          = x_nb1;
+    p.x_nb2          = x_nb2;
+    p.x_nb3          = x_nb3;
+    p.dst            = a.dst;
+    p.d_nb1          = a.d_nb1;
+    p.d_nb2          = a.d_nb2;
+    p.d_nb3          = a.d_nb3;
+    p.M              = a.M;
+    p.chunks         = C;
+    p.rows_per_block = (int) rows;
+    const dim3 grid((unsigned) ((a.M + rows - 1) / rows), (unsigned) slices);
+    mvq_kernel<TYPE, NC><<<grid, MVQ_WARPS * 32, smem, stream>>>(p);
+    return cudaGetLastError();
+}
+
 template <int TYPE>
-static cudaError_t mmv_typed(const bonsai_cuda_matmul_args & a, const float * x, size_t x_nb1, size_t x_nb2,
-                             size_t x_nb3, cudaStream_t stream) {
+static cudaError_t matvec_typed(const bonsai_cuda_matmul_args & a, const float * x, size_t x_nb1, size_t x_nb2,
+                                size_t x_nb3, cudaStream_t stream) {
     switch (a.N) {
-        case 1: return launch_mmv<TYPE, 1>(a, x, x_nb1, x_nb2, x_nb3, stream);
-        case 2: return launch_mmv<TYPE, 2>(a, x, x_nb1, x_nb2, x_nb3, stream);
-        case 3: return launch_mmv<TYPE, 3>(a, x, x_nb1, x_nb2, x_nb3, stream);
-        case 4: return launch_mmv<TYPE, 4>(a, x, x_nb1, x_nb2, x_nb3, stream);
-        case 5: return launch_mmv<TYPE, 5>(a, x, x_nb1, x_nb2, x_nb3, stream);
-        case 6: return launch_mmv<TYPE, 6>(a, x, x_nb1, x_nb2, x_nb3, stream);
-        case 7: return launch_mmv<TYPE, 7>(a, x, x_nb1, x_nb2, x_nb3, stream);
-        case 8: return launch_mmv<TYPE, 8>(a, x, x_nb1, x_nb2, x_nb3, stream);
+        case 1: return launch_matvec<TYPE, 1>(a, x, x_nb1, x_nb2, x_nb3, stream);
+        case 2: return launch_matvec<TYPE, 2>(a, x, x_nb1, x_nb2, x_nb3, stream);
+        case 3: return launch_matvec<TYPE, 3>(a, x, x_nb1, x_nb2, x_nb3, stream);
+        case 4: return launch_matvec<TYPE, 4>(a, x, x_nb1, x_nb2, x_nb3, stream);
+        case 5: return launch_matvec<TYPE, 5>(a, x, x_nb1, x_nb2, x_nb3, stream);
+        case 6: return launch_matvec<TYPE, 6>(a, x, x_nb1, x_nb2, x_nb3, stream);
+        case 7: return launch_matvec<TYPE, 7>(a, x, x_nb1, x_nb2, x_nb3, stream);
+        case 8: return launch_matvec<TYPE, 8>(a, x, x_nb1, x_nb2, x_nb3, stream);
         default: return cudaErrorInvalidValue;
     }
 }
@@ -820,7 +1439,7 @@ cudaError_t bonsai_cuda_matmul(const bonsai_cuda_matmul_args * a, void * scratch
         }
         switch (a->type) {
 #define BONSAI_MMV_CASE(TYPE) \
-            case TYPE: return mmv_typed<TYPE>(*a, x, x_nb1, x_nb2, x_nb3, stream);
+            case TYPE: return matvec_typed<TYPE>(*a, x, x_nb1, x_nb2, x_nb3, stream);
             BONSAI_CUDA_FOR_EACH_TYPE(BONSAI_MMV_CASE)
 #undef BONSAI_MMV_CASE
             default: return cudaErrorInvalidValue;

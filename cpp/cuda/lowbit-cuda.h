@@ -52,7 +52,9 @@ cudaError_t bonsai_cuda_dequantize_cpy(const bonsai_cuda_cpy_args * args, cudaSt
 // dst: f32, element (m, n, i2, i3) at dst + m*4 + n*d_nb1 + i2*d_nb2 + i3*d_nb3.
 // Slice (i2, i3) of x uses weight slice (i2 / (ne2 / w_ne2), i3 / (ne3 / w_ne3)).
 //
-// N <= 8 runs a mat-vec kernel on the f32 activations. Larger N runs a tensor-core GEMM that
+// N <= 8 runs a mat-vec: activations rounded to int8 with one scale per 32 elements of K, weights
+// exact (the f32 activations as they are where N * K is too large for the kernel's shared
+// memory; lowbit-cuda-ops.cu). Larger N runs a tensor-core GEMM that
 // decodes the packed weights on chip; K must be a multiple of 128:
 //   - on compute capability 9.0 with the sm_90a object built in (BONSAI_CUDA_SM90): f16 wgmma,
 //     activations rounded to f16, weights exact (lowbit-cuda-gemm-sm90.cu);

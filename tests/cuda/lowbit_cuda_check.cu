@@ -1,6 +1,6 @@
 // Checks and times the CUDA kernels of cpp/cuda against the scalar codec of cpp/lowbit.
 //
-//   lowbit_cuda_check [--json FILE] [--no-perf] [--quick] [--tokens N] [--f16-configs DIGITS]
+//   lowbit_cuda_check [--json FILE] [--no-perf] [--quick] [--tokens N] [--matvec] [--f16-configs DIGITS]
 //
 // Correctness (exit status 1 on any failure):
 //   - dequantize to f32/f16/bf16, get_rows, f32 -> type and type -> f32 copies: bit-exact
@@ -11,13 +11,16 @@
 //   - on sm_90a, the f16 GEMM on its own f16 activations, each tile configuration and schedule
 //     (K whole, K split, stream-K with uneven shares): against float64 sums of the same values
 //     (5e-5 of the rms), and a second run bit-identical;
-//   - MUL_MAT through the public entry point (mat-vec for N <= 8, GEMM above), batched and
-//     strided: against float64 products of the dequantized weights and the f32 activations
-//     (mat-vec 1e-5; GEMM 3e-2, the int8 activation rounding, measured and printed).
+//   - MUL_MAT through the public entry point, GEMM (N > 8), batched and strided: against
+//     float64 products of the dequantized weights and the f32 activations (3e-2, the int8
+//     activation rounding, measured and printed);
+//   - the mat-vec (N <= 8, --matvec: only this and its timings): against float64 products of
+//     the dequantized weights and the activations rounded as the kernel rounds them (1e-5), and
+//     within the worst case of that rounding (check_matvec).
 // Accuracy: relative error of the int8 (per 128) path on the DiT shapes, beside the same
 // error for per-32 activations (ggml's q8_1) and for bf16 operands, on sampled outputs.
 // Performance (unless --no-perf): the DiT GEMM shapes for the four types against cuBLAS
-// bf16/f16 (and int8 for the tensor-core ceiling), and N = 1 mat-vec against cuBLAS f16.
+// bf16/f16 (and int8 for the tensor-core ceiling), and the mat-vec against cuBLAS f16.
 
 #include "lowbit.h"
 #include "lowbit-cuda.h"
@@ -666,6 +669,162 @@ static double check_matmul(const TypeInfo & t, int64_t M, int64_t N, int64_t K, 
     return rel;
 }
 
+// ---- the mat-vec (N <= 8) ------------------------------------------------------------------
+// The mat-vec rounds the activations to int8, one scale per 32 elements of K (lowbit-cuda-ops.cu):
+// scale = amax / 127 rounded up to bf16 (its bits kept whole), value = round-half-even(x * (1 /
+// scale)). This re-implementation gives the reference the same numbers, so the kernel must match
+// sum_j w_j * scale_g(j) * value_j up to f32 arithmetic (1e-5 of the outputs' rms). Where a
+// block's activations do not fit in shared memory the f32 mat-vec runs instead, and must match
+// the exact product to the same 1e-5.
+static void cpu_matvec_round(const float * x, int64_t K, std::vector<float> & xq, std::vector<float> & scales) {
+    xq.resize(K);
+    scales.resize(K / 32);
+    for (int64_t g = 0; g < K / 32; g++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) {
+            amax = std::max(amax, std::fabs(x[32 * g + j]));
+        }
+        const float plain = amax / 127.0f;
+        uint32_t bits;
+        memcpy(&bits, &plain, 4);
+        bits = (bits + 0xffffu) & 0xffff0000u;
+        memcpy(&scales[g], &bits, 4);
+        const float inverse = scales[g] > 0.0f ? 1.0f / scales[g] : 0.0f;
+        for (int j = 0; j < 32; j++) {
+            xq[32 * g + j] = scales[g] * std::nearbyint(x[32 * g + j] * inverse);  // exact: 8 x 7 bits
+        }
+    }
+}
+
+enum class MatvecPath { INT8, F32, EITHER };
+
+struct MatvecCase {
+    int64_t M, N, K;
+    int64_t w_ne2    = 1;      // weight slices, broadcast over
+    int64_t ne2      = 1;      // slices of x
+    int64_t ldx      = 0;      // x row stride in floats (0: K); other strides go through a gather
+    int64_t w_pad    = 0;      // bytes between weight rows (0: back to back)
+    int64_t w_offset = 0;      // bytes the weights start past an aligned address
+    bool    uniform  = false;  // activations uniform in [-1, 1] (as test-backend-ops) instead of DiT-like
+};
+
+// One MUL_MAT with N <= 8 through the entry point, against the reference of whichever path ran
+// (see above; `expect` pins it where the shape decides), and per output against the worst case
+// of the rounding: |y - sum_j w_j x_j| <= sum_j |w_j| * (scale_g(j) / 2 + 1e-5 * (|x_j| +
+// scale_g(j))): every rounded value is within half a scale of x (up to the 2^-23 of the inverse),
+// and the rest covers the f32 sums. With uniform activations the normalized squared error against
+// the exact product must also stay under 1e-4: test-backend-ops allows 5e-4 between this and the
+// CPU backend, whose activations are rounded to int8 (q8_0) too.
+static void check_matvec(const TypeInfo & t, const MatvecCase & c, MatvecPath expect, Rng & rng) {
+    const int64_t M = c.M, N = c.N, K = c.K, ne2 = c.ne2, ldx = c.ldx ? c.ldx : K;
+    const size_t  rb = row_bytes(t, K), w_nb1 = rb + c.w_pad;
+    const auto    packed = random_weights(t, M * c.w_ne2, K, rng);
+    std::vector<uint8_t> w(c.w_offset + w_nb1 * M * c.w_ne2, 0xa5);  // the gaps between rows: garbage
+    for (int64_t r = 0; r < M * c.w_ne2; r++) {
+        memcpy(w.data() + c.w_offset + r * w_nb1, packed.data() + r * rb, rb);
+    }
+    std::vector<float> x;
+    if (c.uniform) {
+        x.resize((size_t) (N * ne2 * ldx));
+        for (auto & v : x) {
+            v = (float) (2.0 * rng.uniform() - 1.0);
+        }
+    } else {
+        x = random_activations(N * ne2, ldx, rng);
+    }
+    DeviceBuffer<uint8_t> dw(w.size());
+    dw.upload(w);
+    DeviceBuffer<float> dx(x.size());
+    dx.upload(x);
+    DeviceBuffer<float> out(M * N * ne2);
+    out.poison();
+    bonsai_cuda_matmul_args a = {};
+    a.type = t.id;
+    a.w = dw.ptr + c.w_offset; a.M = M; a.K = K; a.w_ne2 = c.w_ne2; a.w_ne3 = 1;
+    a.w_nb1 = w_nb1; a.w_nb2 = w_nb1 * M; a.w_nb3 = w_nb1 * M * c.w_ne2;
+    a.x = dx.ptr; a.N = N; a.ne2 = ne2; a.ne3 = 1; a.x_nb0 = 4; a.x_nb1 = ldx * 4; a.x_nb2 = ldx * 4 * N; a.x_nb3 = a.x_nb2 * ne2;
+    a.dst = out.ptr; a.d_nb1 = M * 4; a.d_nb2 = M * N * 4; a.d_nb3 = a.d_nb2 * ne2;
+    DeviceBuffer<uint8_t> scratch(bonsai_cuda_matmul_scratch_bytes(&a));
+    CUDA_OK(bonsai_cuda_matmul(&a, scratch.ptr, 0));
+    CUDA_OK(cudaDeviceSynchronize());
+    const auto got = out.download(M * N * ne2);
+
+    std::vector<float> wf(K), xq, scales;
+    double e_int8 = 0.0, e_exact = 0.0, ref2 = 0.0, ref_q2 = 0.0, worst = 0.0;  // worst: error / bound
+    int64_t bad = 0;
+    for (int64_t s = 0; s < ne2; s++) {
+        const int64_t ws = s / (ne2 / c.w_ne2);
+        for (int64_t n = 0; n < N; n++) {
+            const float * xr = x.data() + (s * N + n) * ldx;
+            cpu_matvec_round(xr, K, xq, scales);
+            for (int64_t m = 0; m < M; m++) {
+                cpu_dequantize_row(t, w.data() + c.w_offset + (ws * M + m) * w_nb1, wf.data(), K);
+                double ref = 0.0, ref_q = 0.0, bound = 0.0;
+                for (int64_t k = 0; k < K; k++) {
+                    const double wk = wf[k], sk = scales[k / 32];
+                    ref += wk * xr[k];
+                    ref_q += wk * xq[k];
+                    bound += std::fabs(wk) * (sk / 2 + 1e-5 * (std::fabs((double) xr[k]) + sk));
+                }
+                const double g = got[(s * N + n) * M + m];
+                bad += !std::isfinite(g);
+                e_int8 += (g - ref_q) * (g - ref_q);
+                e_exact += (g - ref) * (g - ref);
+                ref2 += ref * ref;
+                ref_q2 += ref_q * ref_q;
+                worst = std::max(worst, bound > 0 ? std::fabs(g - ref) / bound : (g == ref ? 0.0 : INFINITY));
+            }
+        }
+    }
+    const double r_int8 = std::sqrt(e_int8 / ref_q2), r_exact = std::sqrt(e_exact / ref2), nmse = e_exact / ref2;
+    const bool   is_int8 = r_int8 < 1e-5, is_f32 = r_exact < 1e-5;
+    const char * path    = is_int8 ? "int8" : is_f32 ? "f32" : "neither";
+    const bool   path_ok = (is_int8 && expect != MatvecPath::F32) || (is_f32 && expect != MatvecPath::INT8);
+    const bool   ok      = bad == 0 && path_ok && worst <= 1.0 && (!c.uniform || nmse < 1e-4);
+    CHECK(ok, "%s mat-vec M=%lld N=%lld K=%lld slices %lld/%lld ldx %lld row gap %lld offset %lld: %s path (expected %s), "
+          "error vs the int8 reference %.3g, vs exact %.3g (nmse %.3g), worst error / bound %.3g",
+          t.name, (long long) M, (long long) N, (long long) K, (long long) c.w_ne2, (long long) ne2, (long long) ldx,
+          (long long) c.w_pad, (long long) c.w_offset, path,
+          expect == MatvecPath::INT8 ? "int8" : expect == MatvecPath::F32 ? "f32" : "either", r_int8, r_exact, nmse, worst);
+    printf("  %-7s mat-vec M=%-6lld N=%lld K=%-5lld slices %lld/%lld ldx %-5lld gap %lld off %lld%s: %-4s vs ref %.1e, "
+           "vs exact %.1e, error/bound %.2f %s\n",
+           t.name, (long long) M, (long long) N, (long long) K, (long long) c.w_ne2, (long long) ne2, (long long) ldx,
+           (long long) c.w_pad, (long long) c.w_offset, c.uniform ? " uniform" : "", path, is_int8 ? r_int8 : r_exact,
+           r_exact, worst, ok ? "ok" : "FAIL");
+}
+
+// Every type: N = 1..8; row tails (M not a multiple of anything); K of 1, 3 (rows of an odd
+// number of 18- or 34-byte chunks start at alternating 4-byte phases), 8, 25 and 96 chunks; rows
+// with gaps between them and weights starting 2 bytes past alignment (the copy's edge pieces);
+// strided (gathered) and broadcast activations; more rows than one block's share; K too long for
+// the activations to fit in shared memory at N = 8 (the f32 kernel).
+static void check_matvecs() {
+    Rng rng(7);
+    for (const auto & t : TYPES) {
+        for (int64_t n = 1; n <= BONSAI_CUDA_MMV_MAX_COLS; n++) {
+            check_matvec(t, {333, n, 1024}, MatvecPath::INT8, rng);
+        }
+        check_matvec(t, {77, 1, 128}, MatvecPath::INT8, rng);
+        check_matvec(t, {301, 3, 384}, MatvecPath::INT8, rng);
+        check_matvec(t, {64, 2, 3200}, MatvecPath::INT8, rng);
+        check_matvec(t, {1, 1, 12288}, MatvecPath::INT8, rng);
+        MatvecCase gaps = {200, 2, 384};
+        gaps.w_pad      = 6;
+        gaps.w_offset   = 2;
+        check_matvec(t, gaps, MatvecPath::INT8, rng);
+        MatvecCase strided = {130, 4, 512};
+        strided.w_ne2      = 2;
+        strided.ne2        = 4;
+        strided.ldx        = 513;
+        check_matvec(t, strided, MatvecPath::INT8, rng);
+        MatvecCase uniform = {1000, 1, 3072};
+        uniform.uniform    = true;
+        check_matvec(t, uniform, MatvecPath::INT8, rng);
+        check_matvec(t, {70, 8, 32768}, MatvecPath::F32, rng);
+    }
+    check_matvec(TYPES[0], {140000, 2, 128}, MatvecPath::INT8, rng);  // 531 rows per block: capped at 512
+}
+
 // ---- accuracy on DiT shapes: int8 per 128 vs per 32 (q8_1) vs bf16 ----------------------------
 
 static float round_bf16(float v) {
@@ -930,52 +1089,94 @@ static void dit_accuracy_and_perf(bool perf) {
         }
     }
 
-    if (perf) {
-        printf("\nMat-vec N = 1 (us)\n");
-        const ShapeMNK mv_shapes[] = {{3072, 3072, "proj"}, {18432, 3072, "mod"}, {27648, 3072, "linear1"},
-                                       {3072, 12288, "linear2"}, {9728, 2560, "te_mlp"}, {2560, 9728, "te_down"}};
-        for (const auto & shape : mv_shapes) {
-            const int64_t M = shape.M, K = shape.K;
-            const auto x = random_activations(1, K, rng);
-            DeviceBuffer<float> dx(x.size());
-            dx.upload(x);
-            DeviceBuffer<float> out(M);
-            double f16_us = 0;
 #ifdef BONSAI_HAVE_CUBLAS
-            {
-                std::vector<half> wh(M * K), xh(K);
-                for (auto & v : wh) v = __float2half_rn(0.01f * rng.normal());
-                for (int64_t k = 0; k < K; k++) xh[k] = __float2half_rn(x[k]);
-                DeviceBuffer<half> dwh(wh.size()), dxh(xh.size());
-                dwh.upload(wh); dxh.upload(xh);
-                const float one = 1.0f, zero = 0.0f;
-                f16_us = time_us([&] {
-                    cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int) M, 1, (int) K, &one, dwh.ptr, CUDA_R_16F, (int) K,
-                                 dxh.ptr, CUDA_R_16F, (int) K, &zero, out.ptr, CUDA_R_32F, (int) M, CUBLAS_COMPUTE_32F,
-                                 CUBLAS_GEMM_DEFAULT);
-                }, 50);
-                json_record(jstr("kind", "matvec") + ", " + jstr("layer", shape.name) + ", " + jstr("type", "cublas_f16") + ", " +
-                            jnum("M", M) + ", " + jnum("K", K) + ", " + jnum("us", f16_us));
-            }
+    cublasDestroy(handle);
 #endif
-            printf("%-8s M=%-6lld K=%-6lld f16 (cuBLAS) %7.1f |", shape.name, (long long) M, (long long) K, f16_us);
-            for (const auto & t : TYPES) {
-                const auto w = random_weights(t, M, K, rng);
-                DeviceBuffer<uint8_t> dw(w.size());
-                dw.upload(w);
-                bonsai_cuda_matmul_args a = {};
-                a.type = t.id;
-                a.w = dw.ptr; a.M = M; a.K = K; a.w_ne2 = 1; a.w_ne3 = 1; a.w_nb1 = row_bytes(t, K); a.w_nb2 = a.w_nb1 * M; a.w_nb3 = a.w_nb2;
-                a.x = dx.ptr; a.N = 1; a.ne2 = 1; a.ne3 = 1; a.x_nb0 = 4; a.x_nb1 = K * 4; a.x_nb2 = K * 4; a.x_nb3 = K * 4;
-                a.dst = out.ptr; a.d_nb1 = M * 4; a.d_nb2 = M * 4; a.d_nb3 = M * 4;
-                const double us = time_us([&] { bonsai_cuda_matmul(&a, nullptr, 0); }, 50);
-                json_record(jstr("kind", "matvec") + ", " + jstr("layer", shape.name) + ", " + jstr("type", t.name) + ", " +
-                            jnum("M", M) + ", " + jnum("K", K) + ", " + jnum("us", us) + ", " +
-                            jnum("gbps", (double) w.size() / us * 1e-3) + ", " + jnum("vs_cublas_f16", f16_us > 0 ? f16_us / us : 0));
-                printf(" %s %6.1f (%.1fx)", t.name, us, f16_us > 0 ? f16_us / us : 0.0);
-            }
-            printf("\n");
+}
+
+// Mat-vec timings: N = 1 at the DiT's and the text encoder's shapes for every type, next to
+// cuBLAS on f16 weights (f32 output) in the same run; then N = 2, 4, 8 for PQ2_0 at two shapes.
+// Each call is timed back to back with the same weights (they stay in L2 where they fit).
+static void matvec_perf() {
+    Rng rng(99);
+#ifdef BONSAI_HAVE_CUBLAS
+    cublasHandle_t handle;
+    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "cublasCreate failed\n");
+        exit(2);
+    }
+#endif
+    struct Shape {
+        int64_t M, K;
+        const char * name;
+    };
+    const Shape shapes[] = {{3072, 3072, "proj"},       {2560, 9728, "te_down"},  {9728, 2560, "te_up"},
+                            {3072, 9216, "mlp_out"},    {9216, 3072, "qkv"},      {3072, 12288, "linear2"},
+                            {18432, 3072, "mlp_in"},    {27648, 3072, "linear1"}};
+    auto time_type = [&](const TypeInfo & t, const Shape & shape, int64_t N, const float * dx, float * out, size_t & bytes) {
+        const auto w = random_weights(t, shape.M, shape.K, rng);
+        bytes = w.size();
+        DeviceBuffer<uint8_t> dw(w.size());
+        dw.upload(w);
+        bonsai_cuda_matmul_args a = {};
+        a.type = t.id;
+        a.w = dw.ptr; a.M = shape.M; a.K = shape.K; a.w_ne2 = 1; a.w_ne3 = 1;
+        a.w_nb1 = row_bytes(t, shape.K); a.w_nb2 = a.w_nb1 * shape.M; a.w_nb3 = a.w_nb2;
+        a.x = dx; a.N = N; a.ne2 = 1; a.ne3 = 1; a.x_nb0 = 4; a.x_nb1 = shape.K * 4; a.x_nb2 = a.x_nb1 * N; a.x_nb3 = a.x_nb2;
+        a.dst = out; a.d_nb1 = shape.M * 4; a.d_nb2 = a.d_nb1 * N; a.d_nb3 = a.d_nb2;
+        return time_us([&] { bonsai_cuda_matmul(&a, nullptr, 0); }, 50);
+    };
+
+    printf("\nMat-vec, N = 1: us per call (x: cuBLAS f16 / this)\n");
+    for (const auto & shape : shapes) {
+        const int64_t M = shape.M, K = shape.K;
+        const auto x = random_activations(1, K, rng);
+        DeviceBuffer<float> dx(x.size()), out(M);
+        dx.upload(x);
+        double f16_us = 0;
+#ifdef BONSAI_HAVE_CUBLAS
+        {
+            std::vector<half> wh(M * K), xh(K);
+            for (auto & v : wh) v = __float2half_rn(0.01f * rng.normal());
+            for (int64_t k = 0; k < K; k++) xh[k] = __float2half_rn(x[k]);
+            DeviceBuffer<half> dwh(wh.size()), dxh(xh.size());
+            dwh.upload(wh); dxh.upload(xh);
+            const float one = 1.0f, zero = 0.0f;
+            f16_us = time_us([&] {
+                cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int) M, 1, (int) K, &one, dwh.ptr, CUDA_R_16F, (int) K,
+                             dxh.ptr, CUDA_R_16F, (int) K, &zero, out.ptr, CUDA_R_32F, (int) M, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT);
+            }, 50);
+            json_record(jstr("kind", "matvec") + ", " + jstr("layer", shape.name) + ", " + jstr("type", "cublas_f16") + ", " +
+                        jnum("M", M) + ", " + jnum("K", K) + ", " + jnum("N", 1) + ", " + jnum("us", f16_us));
         }
+#endif
+        printf("%-8s M=%-6lld K=%-6lld f16 (cuBLAS) %6.1f |", shape.name, (long long) M, (long long) K, f16_us);
+        for (const auto & t : TYPES) {
+            size_t bytes = 0;
+            const double us = time_type(t, shape, 1, dx.ptr, out.ptr, bytes);
+            json_record(jstr("kind", "matvec") + ", " + jstr("layer", shape.name) + ", " + jstr("type", t.name) + ", " +
+                        jnum("M", M) + ", " + jnum("K", K) + ", " + jnum("N", 1) + ", " + jnum("us", us) + ", " +
+                        jnum("gbps", (double) bytes / us * 1e-3) + ", " + jnum("vs_cublas_f16", f16_us > 0 ? f16_us / us : 0));
+            printf(" %s %5.1f (%.1fx)", t.name, us, f16_us > 0 ? f16_us / us : 0.0);
+        }
+        printf("\n");
+    }
+
+    printf("\nMat-vec, pq2_0, N = 2, 4, 8: us per call\n");
+    for (const auto & shape : {shapes[0], shapes[7]}) {
+        const auto x = random_activations(8, shape.K, rng);
+        DeviceBuffer<float> dx(x.size()), out(shape.M * 8);
+        dx.upload(x);
+        printf("%-8s M=%-6lld K=%-6lld |", shape.name, (long long) shape.M, (long long) shape.K);
+        for (int64_t N : {2, 4, 8}) {
+            size_t bytes = 0;
+            const double us = time_type(TYPES[2], shape, N, dx.ptr, out.ptr, bytes);
+            json_record(jstr("kind", "matvec") + ", " + jstr("layer", shape.name) + ", " + jstr("type", TYPES[2].name) + ", " +
+                        jnum("M", shape.M) + ", " + jnum("K", shape.K) + ", " + jnum("N", (double) N) + ", " + jnum("us", us));
+            printf(" N=%lld %5.1f", (long long) N, us);
+        }
+        printf("\n");
     }
 #ifdef BONSAI_HAVE_CUBLAS
     cublasDestroy(handle);
@@ -1019,10 +1220,30 @@ static int profile_one(int type, int64_t M, int64_t N, int64_t K, int config) {
     return 0;
 }
 
+// Writes the JSON records (when asked) and the verdict; the exit status.
+static int finish(const char * json_path, const cudaDeviceProp & prop) {
+    if (json_path) {
+        FILE * f = fopen(json_path, "w");
+        if (!f) {
+            fprintf(stderr, "cannot write %s\n", json_path);
+            return 2;
+        }
+        fprintf(f, "{\"device\": \"%s\", \"sms\": %d, \"failures\": %d, \"records\": [\n", prop.name,
+                prop.multiProcessorCount, g_failures);
+        for (size_t i = 0; i < g_json.size(); i++) {
+            fprintf(f, "  %s%s\n", g_json[i].c_str(), i + 1 < g_json.size() ? "," : "");
+        }
+        fprintf(f, "]}\n");
+        fclose(f);
+    }
+    printf("\n%s: %d failure(s)\n", g_failures == 0 ? "PASS" : "FAIL", g_failures);
+    return g_failures == 0 ? 0 : 1;
+}
+
 int main(int argc, char ** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);  // line by line into a pipe: a hang shows where it is
     const char * json_path = nullptr;
-    bool perf = true;
+    bool perf = true, matvec_only = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) {
             json_path = argv[++i];
@@ -1038,10 +1259,12 @@ int main(int argc, char ** argv) {
             g_quick = true;
         } else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) {
             g_tokens = atoll(argv[++i]);
+        } else if (!strcmp(argv[i], "--matvec")) {
+            matvec_only = true;
         } else if (!strcmp(argv[i], "--profile") && i + 5 < argc) {
             return profile_one(atoi(argv[i + 1]), atoll(argv[i + 2]), atoll(argv[i + 3]), atoll(argv[i + 4]), atoi(argv[i + 5]));
         } else {
-            fprintf(stderr, "usage: %s [--json FILE] [--no-perf] [--quick] [--tokens N] [--f16-configs DIGITS] | --profile TYPE M N K CONFIG\n", argv[0]);
+            fprintf(stderr, "usage: %s [--json FILE] [--no-perf] [--quick] [--tokens N] [--matvec] [--f16-configs DIGITS] | --profile TYPE M N K CONFIG\n", argv[0]);
             return 2;
         }
     }
@@ -1057,6 +1280,15 @@ int main(int argc, char ** argv) {
     cudaDeviceProp prop;
     CUDA_OK(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, sm_%d%d, %d SMs\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+
+    if (matvec_only) {
+        printf("\nmat-vec (N <= 8) vs float64\n");
+        check_matvecs();
+        if (perf) {
+            matvec_perf();
+        }
+        return finish(json_path, prop);
+    }
 
     Rng rng(42);
     printf("\ncodecs\n");
@@ -1103,30 +1335,17 @@ int main(int argc, char ** argv) {
     }
     printf("\nMUL_MAT entry point vs float64\n");
     for (const auto & t : TYPES) {
-        for (int64_t n : {1, 2, 3, 5, 8}) {
-            check_matmul(t, 333, n, 1024, 1, 1, 1024, 1e-5, rng);
-        }
-        check_matmul(t, 130, 4, 512, 2, 4, 513, 1e-5, rng);    // strided x: gathered; broadcast weights
         check_matmul(t, 130, 77, 512, 1, 3, 512, 3e-2, rng);   // slices folded into one GEMM
         check_matmul(t, 130, 40, 512, 2, 4, 520, 3e-2, rng);   // sliced weights: one GEMM per slice
     }
 
-    dit_accuracy_and_perf(perf);
+    printf("\nmat-vec (N <= 8) vs float64\n");
+    check_matvecs();
 
-    if (json_path) {
-        FILE * f = fopen(json_path, "w");
-        if (!f) {
-            fprintf(stderr, "cannot write %s\n", json_path);
-            return 2;
-        }
-        fprintf(f, "{\"device\": \"%s\", \"sms\": %d, \"failures\": %d, \"records\": [\n", prop.name,
-                prop.multiProcessorCount, g_failures);
-        for (size_t i = 0; i < g_json.size(); i++) {
-            fprintf(f, "  %s%s\n", g_json[i].c_str(), i + 1 < g_json.size() ? "," : "");
-        }
-        fprintf(f, "]}\n");
-        fclose(f);
+    dit_accuracy_and_perf(perf);
+    if (perf) {
+        matvec_perf();
     }
-    printf("\n%s: %d failure(s)\n", g_failures == 0 ? "PASS" : "FAIL", g_failures);
-    return g_failures == 0 ? 0 : 1;
+    return finish(json_path, prop);
 }
+
