@@ -17,12 +17,17 @@ struct ggml_cgraph;
 struct ggml_tensor;
 
 // If cgraph->nodes[i] starts one of these runs (views, reshapes and permutes may sit between its
-// nodes; everything F32; no node but the last used outside the run or marked as an output):
+// nodes; everything F32 but the F16 copies; no node but the last used outside the run or marked
+// as an output):
 //   modulation:      n = NORM(x); m = MUL(n, scale); a = ADD(n, m); y = ADD(a, shift)
 //   gated residual:  m = MUL(out, gate); y = ADD(x, m)   (either operand order of the ADD)
 //   q/k norm + RoPE: n = RMS_NORM(x) over 128-value rows; m = MUL(n, w) in place; ROPE in place
-//                    over a runs view of m; optionally CPY of the rotated values to F16 (sd.cpp's
-//                    FLUX q and k before flash attention: one pass instead of three or four)
+//                    over a runs view of m; optionally CPY of the rotated values to F16, then
+//                    optionally a CPY of v's rows to F16 (sd.cpp's FLUX q, and k and v, before
+//                    flash attention: one pass instead of three to five)
+//   SwiGLU product:  g = SWIGLU(h) [c = CONCAT(x, g) along elements]; y = MUL_MAT(w, g or c)
+//                    with low-bit w on the Hopper GEMM: its activation pre-pass computes g
+//                    (and takes x) itself (lowbit-ggml-cuda.h, bonsai_ggml_cuda_mul_mat_glu)
 // computes y and returns the index of y's node less i (the caller skips to it); else returns 0,
 // doing nothing. Always 0 when BONSAI_SD_CUDA_UNFUSED is set (before/after measurements).
 int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i);
