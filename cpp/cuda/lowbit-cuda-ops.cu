@@ -761,32 +761,31 @@ static __host__ __device__ __forceinline__ int mvq_dot2(uint32_t c0, uint32_t c1
     return k0 * 64 + k1 * 16 + k2 * 4 + k3;
 }
 
-template <>
-__host__ __device__ __forceinline__ float mvq_dot(const mvq_weights<BONSAI_TYPE_PQ2_0> & wt, const uint8_t * a) {
-    const uint4 * g = (const uint4 *) a;
-    const uint4 groups = g[8];
-    const uint32_t gw[4] = {groups.x, groups.y, groups.z, groups.w};
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const int t = mvq_dot2(wt.code[2 * j], wt.code[2 * j + 1], g[2 * j], g[2 * j + 1], -mvq_group_sum(gw[j]));
-        sum = fmaf(mvq_group_scale(gw[j]), (float) t, sum);
-    }
-    return wt.d * (1.0f / 64) * sum;
-}
-
-template <>
-__host__ __device__ __forceinline__ float mvq_dot(const mvq_weights<BONSAI_TYPE_Q2_0> & wt, const uint8_t * a) {
+// The 2-bit layouts' scaled group sums (1/64 of them) over elements 0..63 and 64..127, the
+// halves that Q2_0 scales by its two d and PQ2_0 by its one.
+static __host__ __device__ __forceinline__ float2 mvq_halves2(const uint32_t (&code)[8], const uint8_t * a) {
     const uint4 * g = (const uint4 *) a;
     const uint4 groups = g[8];
     const uint32_t gw[4] = {groups.x, groups.y, groups.z, groups.w};
     float sum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int j = 0; j < 4; j++) {
-        const int t = mvq_dot2(wt.code[2 * j], wt.code[2 * j + 1], g[2 * j], g[2 * j + 1], -mvq_group_sum(gw[j]));
+        const int t = mvq_dot2(code[2 * j], code[2 * j + 1], g[2 * j], g[2 * j + 1], -mvq_group_sum(gw[j]));
         sum[j / 2] = fmaf(mvq_group_scale(gw[j]), (float) t, sum[j / 2]);
     }
-    return (1.0f / 64) * (wt.d[0] * sum[0] + wt.d[1] * sum[1]);
+    return make_float2(sum[0], sum[1]);
+}
+
+template <>
+__host__ __device__ __forceinline__ float mvq_dot(const mvq_weights<BONSAI_TYPE_PQ2_0> & wt, const uint8_t * a) {
+    const float2 h = mvq_halves2(wt.code, a);
+    return wt.d * (1.0f / 64) * (h.x + h.y);
+}
+
+template <>
+__host__ __device__ __forceinline__ float mvq_dot(const mvq_weights<BONSAI_TYPE_Q2_0> & wt, const uint8_t * a) {
+    const float2 h = mvq_halves2(wt.code, a);
+    return (1.0f / 64) * (wt.d[0] * h.x + wt.d[1] * h.y);
 }
 
 // Q1_0: eight bit positions, joined as 128 * (sum of bit * value) - 64 * (sum of values)
