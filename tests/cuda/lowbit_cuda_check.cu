@@ -24,6 +24,7 @@
 
 #include "lowbit.h"
 #include "lowbit-cuda.h"
+#include "matvec-rounding.h"
 
 #include <algorithm>
 #include <cmath>
@@ -672,26 +673,19 @@ static double check_matmul(const TypeInfo & t, int64_t M, int64_t N, int64_t K, 
 // ---- the mat-vec (N <= 8) ------------------------------------------------------------------
 // The mat-vec rounds the activations to int8, one scale per 32 elements of K (lowbit-cuda-ops.cu):
 // scale = amax / 127 rounded up to bf16 (its bits kept whole), value = round-half-even(x * (1 /
-// scale)). This re-implementation gives the reference the same numbers, so the kernel must match
-// sum_j w_j * scale_g(j) * value_j up to f32 arithmetic (1e-5 of the outputs' rms). Where a
+// scale)). Its re-implementation (matvec-rounding.h) gives the reference the same numbers, so
+// the kernel must match sum_j w_j * scale_g(j) * value_j up to f32 arithmetic (1e-5 of the
+// outputs' rms). Where a
 // block's activations do not fit in shared memory the f32 mat-vec runs instead, and must match
 // the exact product to the same 1e-5.
 static void cpu_matvec_round(const float * x, int64_t K, std::vector<float> & xq, std::vector<float> & scales) {
     xq.resize(K);
     scales.resize(K / 32);
     for (int64_t g = 0; g < K / 32; g++) {
-        float amax = 0.0f;
+        int8_t q[32];
+        scales[g] = matvec_round_group(x + 32 * g, q);
         for (int j = 0; j < 32; j++) {
-            amax = std::max(amax, std::fabs(x[32 * g + j]));
-        }
-        const float plain = amax / 127.0f;
-        uint32_t bits;
-        memcpy(&bits, &plain, 4);
-        bits = (bits + 0xffffu) & 0xffff0000u;
-        memcpy(&scales[g], &bits, 4);
-        const float inverse = scales[g] > 0.0f ? 1.0f / scales[g] : 0.0f;
-        for (int j = 0; j < 32; j++) {
-            xq[32 * g + j] = scales[g] * std::nearbyint(x[32 * g + j] * inverse);  // exact: 8 x 7 bits
+            xq[32 * g + j] = scales[g] * q[j];  // exact: 8 x 7 bits
         }
     }
 }

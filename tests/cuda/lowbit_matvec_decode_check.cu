@@ -13,6 +13,7 @@
 // products' magnitudes (f32 sums of exact integer products).
 
 #include "lowbit-cuda-ops.cu"
+#include "matvec-rounding.h"
 
 #include <cmath>
 #include <cstdio>
@@ -63,19 +64,11 @@ template <int TYPE> static double check_unit(const uint8_t * unit, const float *
     float    scale[4];
     uint32_t group[4];
     for (int g = 0; g < 4; g++) {
-        float amax = 0.0f;
-        for (int j = 0; j < 32; j++) {
-            amax = std::max(amax, std::fabs(x[32 * g + j]));
-        }
-        const float plain = amax / 127.0f;
+        scale[g] = matvec_round_group(x + 32 * g, q + 32 * g);
         uint32_t bits;
-        memcpy(&bits, &plain, 4);
-        bits = (bits + 0xffffu) & 0xffff0000u;
-        memcpy(&scale[g], &bits, 4);
-        const float inverse = bits ? 1.0f / scale[g] : 0.0f;
+        memcpy(&bits, &scale[g], 4);
         int sum = 0;
         for (int j = 0; j < 32; j++) {
-            q[32 * g + j] = (int8_t) std::lrint(x[32 * g + j] * inverse);
             sum += q[32 * g + j];
         }
         group[g] = bits | (uint32_t) (sum & 0xffff);
