@@ -55,7 +55,7 @@ endif()
 # shape checks, the prompt weighting scanner, allocation failures reported with their sizes;
 # api-guards.cpp defines the public load/generate/convert entry points (exception-safe);
 # generation-taps.cpp the testing/expert entry points (given noise and prompt embeddings, the
-# diffusion model and the VAE decoder alone).
+# diffusion model and the VAE decoder alone); host-heap.cpp glibc's settings for per-image tensors.
 target_sources(stable-diffusion PRIVATE
     "${_sdcpp}/gguf-checks.cpp"
     "${_sdcpp}/safetensors-checks.cpp"
@@ -64,5 +64,6 @@ target_sources(stable-diffusion PRIVATE
     "${_sdcpp}/memory-checks.cpp"
     "${_sdcpp}/api-guards.cpp"
     "${_sdcpp}/generation-taps.cpp"
-    "${_sdcpp}/rope-positions.cpp")
+    "${_sdcpp}/rope-positions.cpp"
+    "${_sdcpp}/host-heap.cpp")
 target_include_directories(stable-diffusion PRIVATE "${_sdcpp}" "${_lowbit}")
