@@ -249,6 +249,19 @@ def test_free_text_encoder_reloads_and_gives_the_same_pixels(reference):
         assert np.array_equal(pixels(pipe("a cat", seed=7, **SMALL)), reference(7))  # after a reload
 
 
+def test_one_pipeline_across_sizes_gives_fresh_pipelines_pixels(demo_pipeline):
+    """The transformer keeps what depends only on the image's shape (its RoPE positions, patch
+    0083) from one step to the next: a pipeline that went through another size first must give
+    the same pixels as a new one, at every step of a multi-step run."""
+    params = {"steps": 3, "seed": 11}
+    wide_first = pixels(demo_pipeline("a cat", width=96, height=64, **params))
+    square = pixels(demo_pipeline("a cat", width=64, height=64, **params))
+    wide_again = pixels(demo_pipeline("a cat", width=96, height=64, **params))
+    with bonsai_sd.Pipeline.demo(threads=1, flash_attention=True) as fresh:
+        assert np.array_equal(pixels(fresh("a cat", width=64, height=64, **params)), square)
+    assert np.array_equal(wide_again, wide_first)
+
+
 def test_close():
     pipe = bonsai_sd.Pipeline.demo(threads=1)
     pipe.close()
