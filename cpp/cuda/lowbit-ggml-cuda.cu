@@ -5,6 +5,7 @@
 
 #include "common.cuh"
 #include "cuda-op-profile.h"
+#include "cuda-quantized-gemm.h"
 #include "lowbit-cuda.h"
 #include "lowbit.h"
 
@@ -62,7 +63,7 @@ int bonsai_ggml_cuda_supports_op(const ggml_tensor * op, int cc, bool src0_split
 bool bonsai_ggml_cuda_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1,
                               ggml_tensor * dst) {
     if (!is_lowbit(src0)) {
-        return false;
+        return bonsai_ggml_cuda_mul_mat_quantized(ctx, src0, src1, dst);
     }
     GGML_ASSERT(src1->type == GGML_TYPE_F32 && dst->type == GGML_TYPE_F32);
     bonsai_cuda_matmul_args a = {};

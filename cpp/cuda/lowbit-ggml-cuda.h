@@ -17,7 +17,8 @@ struct ggml_tensor;
 // row-split multi-GPU buffer.
 int bonsai_ggml_cuda_supports_op(const ggml_tensor * op, int cc, bool src0_split);
 
-// Each returns false, doing nothing, when the tensors are not of a low-bit type.
+// Each returns false, doing nothing, when the tensors are not of a low-bit type; MUL_MAT also
+// takes ggml's quantized types at many tokens on Hopper (cuda-quantized-gemm.h).
 bool bonsai_ggml_cuda_mul_mat(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1,
                               ggml_tensor * dst);
 // MUL_MAT `dst` (low-bit weights in dst->src[0]) whose activations the SiLU-gated unit `glu`
