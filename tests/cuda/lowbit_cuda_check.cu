@@ -837,7 +837,9 @@ static const int64_t DIT_TOKENS[] = {512, 4096, 4608};
 
 // ---- timing -------------------------------------------------------------------------------------
 
-template <typename F> static double time_us(F && f, int reps = 10) {
+// Median over 5 rounds of the time per call of f(), which enqueues its work on `stream` (the
+// events are recorded there: a non-blocking stream does not wait for the legacy default one).
+template <typename F> static double time_us(F && f, int reps = 10, cudaStream_t stream = 0) {
     for (int i = 0; i < 3; i++) {
         f();
     }
@@ -847,11 +849,11 @@ template <typename F> static double time_us(F && f, int reps = 10) {
     CUDA_OK(cudaEventCreate(&stop));
     std::vector<double> rounds;
     for (int r = 0; r < 5; r++) {
-        CUDA_OK(cudaEventRecord(start));
+        CUDA_OK(cudaEventRecord(start, stream));
         for (int i = 0; i < reps; i++) {
             f();
         }
-        CUDA_OK(cudaEventRecord(stop));
+        CUDA_OK(cudaEventRecord(stop, stream));
         CUDA_OK(cudaEventSynchronize(stop));
         float ms = 0;
         CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
@@ -1088,9 +1090,32 @@ static void dit_accuracy_and_perf(bool perf) {
 #endif
 }
 
+// Time per call of f(stream) captured 20 times into one CUDA graph: the GPU's time with the
+// gaps between back-to-back kernels but without the CPU's launch cost per call, which can exceed
+// a small kernel's run time (test-backend-ops runs ggml's CUDA graphs the same way).
+template <typename F> static double time_graph_us(F && f) {
+    constexpr int CALLS = 20;
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    cudaGraph_t graph;
+    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+    for (int i = 0; i < CALLS; i++) {
+        f(stream);
+    }
+    CUDA_OK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec;
+    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+    const double us = time_us([&] { CUDA_OK(cudaGraphLaunch(exec, stream)); }, 5, stream) / CALLS;
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(stream);
+    return us;
+}
+
 // Mat-vec timings: N = 1 at the DiT's and the text encoder's shapes for every type, next to
 // cuBLAS on f16 weights (f32 output) in the same run; then N = 2, 4, 8 for PQ2_0 at two shapes.
-// Each call is timed back to back with the same weights (they stay in L2 where they fit).
+// Each call reads the same weights (they stay in L2 where they fit). Two times per call: launched
+// one by one from the CPU ("stream"), and from a CUDA graph ("graph", see time_graph_us).
 static void matvec_perf() {
     Rng rng(99);
 #ifdef BONSAI_HAVE_CUBLAS
@@ -1107,9 +1132,11 @@ static void matvec_perf() {
     const Shape shapes[] = {{3072, 3072, "proj"},       {2560, 9728, "te_down"},  {9728, 2560, "te_up"},
                             {3072, 9216, "mlp_out"},    {9216, 3072, "qkv"},      {3072, 12288, "linear2"},
                             {18432, 3072, "mlp_in"},    {27648, 3072, "linear1"}};
-    auto time_type = [&](const TypeInfo & t, const Shape & shape, int64_t N, const float * dx, float * out, size_t & bytes) {
+    struct Times {
+        double stream, graph;
+    };
+    auto time_type = [&](const TypeInfo & t, const Shape & shape, int64_t N, const float * dx, float * out) {
         const auto w = random_weights(t, shape.M, shape.K, rng);
-        bytes = w.size();
         DeviceBuffer<uint8_t> dw(w.size());
         dw.upload(w);
         bonsai_cuda_matmul_args a = {};
@@ -1118,16 +1145,19 @@ static void matvec_perf() {
         a.w_nb1 = row_bytes(t, shape.K); a.w_nb2 = a.w_nb1 * shape.M; a.w_nb3 = a.w_nb2;
         a.x = dx; a.N = N; a.ne2 = 1; a.ne3 = 1; a.x_nb0 = 4; a.x_nb1 = shape.K * 4; a.x_nb2 = a.x_nb1 * N; a.x_nb3 = a.x_nb2;
         a.dst = out; a.d_nb1 = shape.M * 4; a.d_nb2 = a.d_nb1 * N; a.d_nb3 = a.d_nb2;
-        return time_us([&] { bonsai_cuda_matmul(&a, nullptr, 0); }, 50);
+        Times times;
+        times.stream = time_us([&] { bonsai_cuda_matmul(&a, nullptr, 0); }, 50);
+        times.graph  = time_graph_us([&](cudaStream_t stream) { bonsai_cuda_matmul(&a, nullptr, stream); });
+        return times;
     };
 
-    printf("\nMat-vec, N = 1: us per call (x: cuBLAS f16 / this)\n");
+    printf("\nMat-vec, N = 1: us per call, stream / graph (x: cuBLAS f16 / this, graph)\n");
     for (const auto & shape : shapes) {
         const int64_t M = shape.M, K = shape.K;
         const auto x = random_activations(1, K, rng);
         DeviceBuffer<float> dx(x.size()), out(M);
         dx.upload(x);
-        double f16_us = 0;
+        Times f16 = {0, 0};
 #ifdef BONSAI_HAVE_CUBLAS
         {
             std::vector<half> wh(M * K), xh(K);
@@ -1136,39 +1166,45 @@ static void matvec_perf() {
             DeviceBuffer<half> dwh(wh.size()), dxh(xh.size());
             dwh.upload(wh); dxh.upload(xh);
             const float one = 1.0f, zero = 0.0f;
-            f16_us = time_us([&] {
+            auto gemv = [&] {
                 cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, (int) M, 1, (int) K, &one, dwh.ptr, CUDA_R_16F, (int) K,
                              dxh.ptr, CUDA_R_16F, (int) K, &zero, out.ptr, CUDA_R_32F, (int) M, CUBLAS_COMPUTE_32F,
                              CUBLAS_GEMM_DEFAULT);
-            }, 50);
+            };
+            f16.stream = time_us(gemv, 50);
+            f16.graph  = time_graph_us([&](cudaStream_t stream) {
+                cublasSetStream(handle, stream);
+                gemv();
+            });
+            cublasSetStream(handle, 0);
             json_record(jstr("kind", "matvec") + ", " + jstr("layer", shape.name) + ", " + jstr("type", "cublas_f16") + ", " +
-                        jnum("M", M) + ", " + jnum("K", K) + ", " + jnum("N", 1) + ", " + jnum("us", f16_us));
+                        jnum("M", M) + ", " + jnum("K", K) + ", " + jnum("N", 1) + ", " + jnum("us", f16.stream) + ", " +
+                        jnum("graph_us", f16.graph));
         }
 #endif
-        printf("%-8s M=%-6lld K=%-6lld f16 (cuBLAS) %6.1f |", shape.name, (long long) M, (long long) K, f16_us);
+        printf("%-8s %5lld x %-5lld f16 %5.1f / %5.1f |", shape.name, (long long) M, (long long) K, f16.stream, f16.graph);
         for (const auto & t : TYPES) {
-            size_t bytes = 0;
-            const double us = time_type(t, shape, 1, dx.ptr, out.ptr, bytes);
+            const Times us = time_type(t, shape, 1, dx.ptr, out.ptr);
             json_record(jstr("kind", "matvec") + ", " + jstr("layer", shape.name) + ", " + jstr("type", t.name) + ", " +
-                        jnum("M", M) + ", " + jnum("K", K) + ", " + jnum("N", 1) + ", " + jnum("us", us) + ", " +
-                        jnum("gbps", (double) bytes / us * 1e-3) + ", " + jnum("vs_cublas_f16", f16_us > 0 ? f16_us / us : 0));
-            printf(" %s %5.1f (%.1fx)", t.name, us, f16_us > 0 ? f16_us / us : 0.0);
+                        jnum("M", M) + ", " + jnum("K", K) + ", " + jnum("N", 1) + ", " + jnum("us", us.stream) + ", " +
+                        jnum("graph_us", us.graph) + ", " + jnum("vs_cublas_f16_graph", f16.graph > 0 ? f16.graph / us.graph : 0));
+            printf(" %s %4.1f / %4.1f (%.1fx)", t.name, us.stream, us.graph, f16.graph > 0 ? f16.graph / us.graph : 0.0);
         }
         printf("\n");
     }
 
-    printf("\nMat-vec, pq2_0, N = 2, 4, 8: us per call\n");
+    printf("\nMat-vec, pq2_0, N = 2, 4, 8: us per call, stream / graph\n");
     for (const auto & shape : {shapes[0], shapes[7]}) {
         const auto x = random_activations(8, shape.K, rng);
         DeviceBuffer<float> dx(x.size()), out(shape.M * 8);
         dx.upload(x);
-        printf("%-8s M=%-6lld K=%-6lld |", shape.name, (long long) shape.M, (long long) shape.K);
+        printf("%-8s %5lld x %-5lld |", shape.name, (long long) shape.M, (long long) shape.K);
         for (int64_t N : {2, 4, 8}) {
-            size_t bytes = 0;
-            const double us = time_type(TYPES[2], shape, N, dx.ptr, out.ptr, bytes);
+            const Times us = time_type(TYPES[2], shape, N, dx.ptr, out.ptr);
             json_record(jstr("kind", "matvec") + ", " + jstr("layer", shape.name) + ", " + jstr("type", TYPES[2].name) + ", " +
-                        jnum("M", shape.M) + ", " + jnum("K", shape.K) + ", " + jnum("N", (double) N) + ", " + jnum("us", us));
-            printf(" N=%lld %5.1f", (long long) N, us);
+                        jnum("M", shape.M) + ", " + jnum("K", shape.K) + ", " + jnum("N", (double) N) + ", " + jnum("us", us.stream) +
+                        ", " + jnum("graph_us", us.graph));
+            printf(" N=%lld %5.1f / %5.1f", (long long) N, us.stream, us.graph);
         }
         printf("\n");
     }
@@ -1177,7 +1213,8 @@ static void matvec_perf() {
 #endif
 }
 
-// One GEMM (no checks), for a profiler: type, M, N, K, configuration (int8 GEMM; 100 + c: f16 GEMM c).
+// One GEMM or mat-vec (N <= 8) (no checks), for a profiler: type, M, N, K, configuration (int8
+// GEMM; 100 + c: f16 GEMM c).
 static int profile_one(int type, int64_t M, int64_t N, int64_t K, int config) {
     const TypeInfo * t = nullptr;
     for (const auto & ti : TYPES) {
@@ -1191,6 +1228,18 @@ static int profile_one(int type, int64_t M, int64_t N, int64_t K, int config) {
     dw.upload(w);
     DeviceBuffer<float> dx(x.size()), out(M * N);
     dx.upload(x);
+    if (N <= BONSAI_CUDA_MMV_MAX_COLS) {  // the mat-vec, through the entry point
+        bonsai_cuda_matmul_args a = {};
+        a.type = type;
+        a.w = dw.ptr; a.M = M; a.K = K; a.w_ne2 = 1; a.w_ne3 = 1; a.w_nb1 = row_bytes(*t, K); a.w_nb2 = a.w_nb1 * M; a.w_nb3 = a.w_nb2;
+        a.x = dx.ptr; a.N = N; a.ne2 = 1; a.ne3 = 1; a.x_nb0 = 4; a.x_nb1 = K * 4; a.x_nb2 = a.x_nb1 * N; a.x_nb3 = a.x_nb2;
+        a.dst = out.ptr; a.d_nb1 = M * 4; a.d_nb2 = a.d_nb1 * N; a.d_nb3 = a.d_nb2;
+        for (int i = 0; i < 2; i++) {
+            CUDA_OK(bonsai_cuda_matmul(&a, nullptr, 0));
+        }
+        CUDA_OK(cudaDeviceSynchronize());
+        return 0;
+    }
 #ifdef BONSAI_CUDA_SM90
     if (config > 100) {  // the f16 GEMM, configuration config - 100
         DeviceBuffer<half> h(bonsai_cuda_act_f16_rows(N) * K);
