@@ -21,8 +21,7 @@ target_include_directories(ggml-cpu PRIVATE "${_lowbit}")
 # common.cuh, and ggml-cuda.cu, cpy.cu, getrows.cu and convert.cu (patch 0006) include the glue
 # header. The Hopper GEMM and flash attention (wgmma, TMA) need the arch-specific sm_90a target
 # and nothing else, so they are an object library of their own; ggml-cuda uses them on compute
-# capability 9.0 devices (cuda-flash-attn.cu: the flash attention's ggml glue, patch 0067;
-# cuda-conv2d-mma.cu picks cuda-conv2d-sm90.cu's convolution kernel where it applies).
+# capability 9.0 devices (cuda-flash-attn.cu: the flash attention's ggml glue, patch 0067).
 if(TARGET ggml-cuda)
     set(_cuda "${PROJECT_SOURCE_DIR}/cpp/cuda")
     target_sources(ggml-cuda PRIVATE
@@ -39,8 +38,7 @@ if(TARGET ggml-cuda)
     target_include_directories(ggml-cuda PRIVATE "${_cuda}" "${_lowbit}" "${BONSAI_SD_UPSTREAM_SRC}/ggml/src/ggml-cuda")
     enable_language(CUDA)
     if(CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.0)
-        add_library(bonsai_sd_cuda_sm90 OBJECT "${_cuda}/lowbit-cuda-gemm-sm90.cu" "${_cuda}/cuda-flash-attn-sm90.cu"
-                    "${_cuda}/cuda-conv2d-sm90.cu")
+        add_library(bonsai_sd_cuda_sm90 OBJECT "${_cuda}/lowbit-cuda-gemm-sm90.cu" "${_cuda}/cuda-flash-attn-sm90.cu")
         set_target_properties(bonsai_sd_cuda_sm90 PROPERTIES CUDA_ARCHITECTURES OFF POSITION_INDEPENDENT_CODE ON)
         target_compile_options(bonsai_sd_cuda_sm90 PRIVATE "-gencode=arch=compute_90a,code=sm_90a")
         target_include_directories(bonsai_sd_cuda_sm90 PRIVATE "${_cuda}" "${_lowbit}")

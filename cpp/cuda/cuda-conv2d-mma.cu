@@ -1,5 +1,4 @@
-// The implicit-GEMM convolution: see cuda-conv2d.h. bonsai_cuda_conv2d runs this mma.sync kernel,
-// or on compute capability 9.0 the wgmma one of cuda-conv2d-sm90.cu where that applies.
+// The implicit-GEMM convolution: see cuda-conv2d.h.
 //
 // A block computes BM output channels x 256 output pixels (a TH x TW tile of one image, TW = 32
 // on wide images) with 8 warps, 2 along the channels and 4 along the pixels, each holding MI x 8
@@ -364,8 +363,6 @@ struct Plan {
     int64_t  blocks;  // pixel tiles x channel tiles of one image
     int      images;
     size_t   workspace;
-    int      smem_max;
-    bool     hopper;  // compute capability 9.0
 };
 
 int64_t output_size(int in, int k, int s, int p, int d) {
@@ -381,10 +378,8 @@ bool make_plan(const bonsai_conv2d_args * a, int device, Plan & plan) {
         return false;
     }
     int major = 0;
-    int minor = 0;
     int smem_max = 0;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
         cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess || major < 8) {
         return false;
     }
@@ -429,11 +424,7 @@ bool make_plan(const bonsai_conv2d_args * a, int device, Plan & plan) {
     if (plan.blocks > INT32_MAX) {
         return false;
     }
-    plan.smem_max = smem_max;
-    plan.hopper = major == 9 && minor == 0;
-    // Room for the weights regrouped for either kernel (the Hopper one pads 1x1 channels to 64).
-    const int64_t icp_any = (a->IC + 63) / 64 * 64;
-    plan.workspace = ((size_t) taps * a->OC * icp_any * sizeof(half) + 15) / 16 * 16;
+    plan.workspace = ((size_t) taps * a->OC * g.ICp * sizeof(half) + 15) / 16 * 16;
     return true;
 }
 
@@ -478,25 +469,13 @@ cudaError_t bonsai_cuda_conv2d(const bonsai_conv2d_args * a, void * workspace, i
     g.bias = a->bias;
     g.residual = a->residual;
     g.y = a->y;
-    int icp = g.ICp;
-#ifdef BONSAI_CUDA_SM90
-    const int hopper_icp = plan.hopper && !a->mma_sync_only ? bonsai_cuda_conv2d_sm90_channels(a, plan.smem_max) : 0;
-    if (hopper_icp > 0) {
-        icp = hopper_icp;
-    }
-#else
-    const int hopper_icp = 0;
-#endif
     const int taps = a->KW * a->KH;
-    const int64_t total = (int64_t) taps * a->OC * icp;
+    const int64_t total = (int64_t) taps * a->OC * g.ICp;
     const int blocks = (int) std::min<int64_t>((total + 255) / 256, 4096);
-    regroup_weights<<<blocks, 256, 0, stream>>>(a->w, static_cast<half *>(workspace), a->IC, icp, a->OC, taps);
+    regroup_weights<<<blocks, 256, 0, stream>>>(a->w, static_cast<half *>(workspace), a->IC, g.ICp, a->OC, taps);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) {
         return err;
-    }
-    if (hopper_icp > 0) {
-        return bonsai_cuda_conv2d_sm90(a, g.w, plan.smem_max, stream);
     }
     switch (plan.MI) {
         case 4: return launch_variant<4>(plan, stream);

@@ -4,10 +4,9 @@
 // product to channel planes (one 1024x1024 decode on an H100: IM2COL 43 ms, the GEMMs 28 ms, the
 // permuting copies 6 ms, of 128 ms; BENCHMARKS.md, issue 10). cuda-conv2d-mma.cu reads the input
 // tile once into shared memory as f16 and lets the taps' products read it at their offsets
-// (mma.sync m16n8k16, f32 accumulation, sm_80 and later), writing channel planes directly; on
-// Hopper cuda-conv2d-sm90.cu does the same with wgmma for the shapes it takes. The bias and the
-// residual sum that follow a convolution in the decoder's graph can be added as the results are
-// written.
+// (mma.sync m16n8k16, f32 accumulation, sm_80 and later), writing channel planes directly; the
+// bias and the residual sum that follow a convolution in the decoder's graph can be added as the
+// results are written.
 //
 // As a GEMM: out[oc][pixel] = sum over (ic, ky, kx) of w[oc][ic][ky][kx] * x[ic][pixel shifted by
 // (ky, kx)], M = output channels, N = pixels, K = input channels x taps; inputs rounded to f16 as
@@ -28,8 +27,7 @@
 //   y[ox, oy, oc, n] = sum_{ic, ky, kx} w[kx, ky, ic, oc] * x[ox*s0 + kx*d0 - p0, oy*s1 + ky*d1 - p1, ic, n]
 //                      (zero outside the input) [+ bias[oc]] [+ residual[ox, oy, oc, n]]
 // bias (F32 [OC]) and residual (F32, y's shape and layout) may be null; y must not overlap x, w
-// or bias; residual may be y itself. mma_sync_only: the mma.sync kernel even where the Hopper one
-// would run (for comparisons).
+// or bias; residual may be y itself.
 struct bonsai_conv2d_args {
     const float * x;
     size_t        x_nb1, x_nb2, x_nb3;
@@ -41,7 +39,6 @@ struct bonsai_conv2d_args {
     int           KW, KH, OC;
     int           OW, OH;
     int           s0, s1, p0, p1, d0, d1;
-    bool          mma_sync_only;
 };
 
 // Bytes of device workspace bonsai_cuda_conv2d needs for the convolution (the weights regrouped
@@ -53,14 +50,6 @@ size_t bonsai_cuda_conv2d_workspace(const bonsai_conv2d_args * a, int device);
 // Runs it on `stream` with `workspace` (at least bonsai_cuda_conv2d_workspace bytes, 16-byte
 // aligned). Returns cudaErrorNotSupported, launching nothing, when the workspace size is 0.
 cudaError_t bonsai_cuda_conv2d(const bonsai_conv2d_args * a, void * workspace, int device, cudaStream_t stream);
-
-// cuda-conv2d-sm90.cu (wgmma, compute capability 9.0; built for sm_90a), which
-// bonsai_cuda_conv2d runs where it applies: input channels the weights must be regrouped to for
-// it (a multiple of 16 or of 64), 0 where it does not take the convolution (one bonsai_cuda_conv2d
-// takes; smem_max: the device's opt-in shared memory per block); the convolution with the weights
-// so regrouped ([tap][OC][channels]), cudaErrorNotSupported where it does not take it.
-int         bonsai_cuda_conv2d_sm90_channels(const bonsai_conv2d_args * a, int smem_max);
-cudaError_t bonsai_cuda_conv2d_sm90(const bonsai_conv2d_args * a, const half * w_regrouped, int smem_max, cudaStream_t stream);
 
 struct ggml_backend_cuda_context;
 struct ggml_tensor;
