@@ -33,7 +33,9 @@ if(TARGET ggml-cuda)
         "${_cuda}/cuda-group-norm.cu"
         "${_cuda}/cuda-fused-elementwise.cu"
         "${_cuda}/cuda-flash-attn.cu"
-        "${_cuda}/cuda-quantized-gemm.cu")
+        "${_cuda}/cuda-quantized-gemm.cu"
+        "${_cuda}/cuda-conv2d.cu"
+        "${_cuda}/cuda-conv2d-mma.cu")
     target_include_directories(ggml-cuda PRIVATE "${_cuda}" "${_lowbit}" "${BONSAI_SD_UPSTREAM_SRC}/ggml/src/ggml-cuda")
     enable_language(CUDA)
     if(CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.0)

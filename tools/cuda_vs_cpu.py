@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The built-in demo model's image on CUDA against the same image on the CPU, and against CUDA with
-bonsai-sd's replacement kernels switched off (ggml's own im2col, group norm, and the unfused
-modulation and gated residual): an end-to-end check of the CUDA kernels, flash attention with the
+bonsai-sd's replacement kernels switched off (the VAE's convolutions through ggml's im2col and
+matrix product instead of bonsai-sd's implicit-GEMM kernel, ggml's own im2col and group norm, the
+unfused modulation and gated residual): an end-to-end check of the CUDA kernels, flash attention with the
 per-head RoPE layout (cpp/sdcpp/rope-positions.h) and the VAE decoder included. Each image is made
 in its own process (the kernel switches are read once per process). Needs a CUDA build.
 
@@ -10,7 +11,8 @@ in its own process (the kernel switches are read once per process). Needs a CUDA
 The bounds. CUDA and the CPU round activations differently (f16 and int8 on the GPU, Q8_0 on the
 CPU, sums in other orders): 40 dB is the bound of the CPU's own end-to-end test against F32
 (tests/test_types_e2e.py). The replacement kernels compute ggml's values with f32 sums in another
-order (im2col only moves values), so against ggml's kernels the images differ by rounding alone,
+order (im2col only moves values; the implicit-GEMM convolution multiplies the same f16-rounded
+inputs), so against ggml's kernels the images differ by rounding alone,
 which this random-weight model amplifies over 4 steps (56.8 dB measured, H100, 2026-11-24); a wrong
 kernel (a missed row, a swapped operand) moves them far more, so 50 dB separates the two. bonsai-sd's
 ROPE kernel is left on in both: it is more accurate than ggml's fast-math one (test-backend-ops
@@ -30,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-UPSTREAM_KERNELS = {"BONSAI_SD_CUDA_UPSTREAM_IM2COL": "1", "BONSAI_SD_CUDA_UPSTREAM_GROUP_NORM": "1",
-                    "BONSAI_SD_CUDA_UNFUSED": "1"}
+UPSTREAM_KERNELS = {"BONSAI_SD_CUDA_IM2COL_CONV": "1", "BONSAI_SD_CUDA_UPSTREAM_IM2COL": "1",
+                    "BONSAI_SD_CUDA_UPSTREAM_GROUP_NORM": "1", "BONSAI_SD_CUDA_UNFUSED": "1"}
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

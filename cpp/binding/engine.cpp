@@ -489,6 +489,29 @@ int enum_from_name(const std::string& name, int count, NameOf name_of, const cha
     throw py::value_error("unknown " + std::string(what) + " '" + name + "' (known: " + known + ")");
 }
 
+// Whether sd.cpp builds the VAE's convolutions as single CONV_2D nodes (vae_conv_direct): when the
+// VAE runs on a CUDA device, where ggml-cuda computes them with bonsai-sd's implicit-GEMM kernel
+// (cpp/cuda/cuda-conv2d.h) instead of IM2COL + MUL_MAT + a permuting copy. The CPU and Metal keep
+// ggml's im2col path. BONSAI_SD_CUDA_IM2COL_CONV (set, not "0") keeps it on CUDA too, for
+// before/after measurements. `device` empty: sd.cpp's default, the first GPU, else an integrated one.
+bool vae_convolves_directly(const std::string& device, bool keep_vae_on_cpu) {
+    const char* im2col = std::getenv("BONSAI_SD_CUDA_IM2COL_CONV");
+    if (keep_vae_on_cpu || (im2col != nullptr && im2col[0] != '\0' && im2col[0] != '0')) {
+        return false;
+    }
+    ggml_backend_dev_t dev = nullptr;
+    if (device.empty()) {
+        dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU);
+        if (dev == nullptr) {
+            dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_IGPU);
+        }
+    } else {
+        dev = ggml_backend_dev_by_name(device.c_str());
+    }
+    ggml_backend_reg_t reg = dev != nullptr ? ggml_backend_dev_backend_reg(dev) : nullptr;
+    return reg != nullptr && std::strcmp(ggml_backend_reg_name(reg), "CUDA") == 0;
+}
+
 // Generation parameters with the size and the sampling plan set (the rest at sd.cpp's defaults).
 // `custom_sigmas` must outlive them.
 sd_img_gen_params_t sampling_params(int width, int height, int steps, const std::string& sample_method,
@@ -555,6 +578,7 @@ public:
         p.offload_params_to_cpu = offload_params_to_cpu;
         p.keep_clip_on_cpu      = keep_clip_on_cpu;
         p.keep_vae_on_cpu       = keep_vae_on_cpu;
+        p.vae_conv_direct       = vae_convolves_directly(device, keep_vae_on_cpu);
         p.flash_attn            = flash_attn;
         p.diffusion_flash_attn  = diffusion_flash_attn;
         p.enable_mmap           = enable_mmap;

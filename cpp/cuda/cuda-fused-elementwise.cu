@@ -2,6 +2,7 @@
 
 #include "cuda-fused-elementwise.h"
 #include "cuda-block-sum.cuh"
+#include "cuda-conv2d.h"
 #include "lowbit-ggml-cuda.h"
 
 #include "common.cuh"  // ggml-cuda: ggml_backend_cuda_context, CUDA_CHECK; ggml-impl.h: use counts
@@ -525,6 +526,40 @@ int fuse_glu_mul_mat(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int 
     return bonsai_ggml_cuda_mul_mat_glu(ctx, x, glu, mm) ? j - i : 0;
 }
 
+// CONV_2D -> ADD of a [1, 1, OC, 1] bias (sd.cpp's Conv2d: ggml_add_inplace) [-> ADD of a tensor of
+// the same shape (the VAE's residual sums)]: the convolution kernel adds both as it writes.
+int fuse_conv2d(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
+    const ggml_tensor * conv = cgraph->nodes[i];
+    const int j = next_computing(cgraph, i);
+    if (j < 0 || !internal_node(cgraph, i, 1)) {
+        return 0;
+    }
+    ggml_tensor * add = cgraph->nodes[j];
+    const ggml_tensor * bias = add->src[1];
+    if (add->op != GGML_OP_ADD || add->src[0] != conv || (add->flags & GGML_TENSOR_FLAG_COMPUTE) == 0 ||
+        bias->ne[0] != 1 || bias->ne[1] != 1 || bias->ne[2] != conv->ne[2] || bias->ne[3] != 1) {
+        return 0;
+    }
+    // The kernel reads the input, the weights and the bias while it writes: the output shares no byte with them.
+    auto apart = [&](const ggml_tensor * out) {
+        return !overlap(out, conv->src[0]) && !overlap(out, conv->src[1]) && !overlap(out, bias);
+    };
+    if (!apart(add)) {
+        return 0;
+    }
+    const int k = next_computing(cgraph, j);
+    if (k >= 0 && internal_node(cgraph, j, 1)) {
+        ggml_tensor * sum = cgraph->nodes[k];
+        const ggml_tensor * residual = other_operand(sum, add);
+        if (sum->op == GGML_OP_ADD && (sum->flags & GGML_TENSOR_FLAG_COMPUTE) != 0 && residual != nullptr &&
+            residual != add && ggml_are_same_shape(residual, sum) && ggml_are_same_shape(add, sum) && apart(sum) &&
+            safe_to_stream(residual, sum) && bonsai_cuda_conv2d_fused(ctx, conv, bias, residual, sum)) {
+            return k - i;
+        }
+    }
+    return bonsai_cuda_conv2d_fused(ctx, conv, bias, nullptr, add) ? j - i : 0;
+}
+
 }  // namespace
 
 int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
@@ -541,6 +576,8 @@ int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * 
             return fuse_qk_norm_rope(ctx, cgraph, i);
         case GGML_OP_GLU:
             return fuse_glu_mul_mat(ctx, cgraph, i);
+        case GGML_OP_CONV_2D:
+            return fuse_conv2d(ctx, cgraph, i);
         default:
             return 0;
     }

@@ -28,6 +28,10 @@ struct ggml_tensor;
 //   SwiGLU product:  g = SWIGLU(h) [c = CONCAT(x, g) along elements]; y = MUL_MAT(w, g or c)
 //                    with low-bit w on the Hopper GEMM: its activation pre-pass computes g
 //                    (and takes x) itself (lowbit-ggml-cuda.h, bonsai_ggml_cuda_mul_mat_glu)
+//   convolution:     c = CONV_2D(w, x); y = ADD(c, bias [1, 1, OC, 1]) [; z = ADD(y, r) or ADD(r, y),
+//                    r of z's shape]: the convolution kernel adds the bias (and r) as it writes
+//                    (cuda-conv2d.h, sd.cpp's Conv2d with direct convolutions and the VAE's
+//                    residual sums)
 // computes y and returns the index of y's node less i (the caller skips to it); else returns 0,
 // doing nothing. Always 0 when BONSAI_SD_CUDA_UNFUSED is set (before/after measurements).
 int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i);
