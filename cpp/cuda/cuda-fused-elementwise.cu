@@ -3,6 +3,7 @@
 #include "cuda-fused-elementwise.h"
 #include "cuda-block-sum.cuh"
 #include "cuda-conv2d.h"
+#include "cuda-group-norm.h"
 #include "lowbit-ggml-cuda.h"
 
 #include "common.cuh"  // ggml-cuda: ggml_backend_cuda_context, CUDA_CHECK; ggml-impl.h: use counts
@@ -560,6 +561,47 @@ int fuse_conv2d(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
     return bonsai_cuda_conv2d_fused(ctx, conv, bias, nullptr, add) ? j - i : 0;
 }
 
+// GROUP_NORM -> MUL by a [1, 1, C, 1] weight -> ADD of a [1, 1, C, 1] bias [-> SILU] (sd.cpp's
+// GroupNorm, in place, and the SiLU its ResnetBlocks and the decoder's final norm apply): the group
+// norm's normalizing pass scales, shifts and activates as it writes.
+int fuse_group_norm(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
+    const ggml_tensor * norm = cgraph->nodes[i];
+    const int j_mul = next_computing(cgraph, i);
+    if (j_mul < 0 || !internal_node(cgraph, i, 1)) {
+        return 0;
+    }
+    const ggml_tensor * mul = cgraph->nodes[j_mul];
+    const ggml_tensor * weight = other_operand(mul, norm);
+    if (mul->op != GGML_OP_MUL || weight == nullptr || weight == norm || !ggml_are_same_shape(mul, norm)) {
+        return 0;
+    }
+    const int j_add = next_computing(cgraph, j_mul);
+    if (j_add < 0 || !internal_node(cgraph, j_mul, 1)) {
+        return 0;
+    }
+    ggml_tensor * add = cgraph->nodes[j_add];
+    const ggml_tensor * bias = other_operand(add, mul);
+    if (add->op != GGML_OP_ADD || bias == nullptr || bias == mul || !ggml_are_same_shape(add, norm) ||
+        (add->flags & GGML_TENSOR_FLAG_COMPUTE) == 0) {
+        return 0;
+    }
+    const ggml_tensor * x = norm->src[0];
+    // The kernel reads x, the weight and the bias while it writes y.
+    auto writable = [&](const ggml_tensor * y) {
+        return ggml_are_same_shape(y, x) && safe_to_stream(x, y) && !overlap(y, weight) && !overlap(y, bias);
+    };
+    const int j_silu = next_computing(cgraph, j_add);
+    if (j_silu >= 0 && internal_node(cgraph, j_add, 1)) {
+        ggml_tensor * silu = cgraph->nodes[j_silu];
+        if (silu->op == GGML_OP_UNARY && ggml_get_unary_op(silu) == GGML_UNARY_OP_SILU && silu->src[0] == add &&
+            (silu->flags & GGML_TENSOR_FLAG_COMPUTE) != 0 && writable(silu) &&
+            bonsai_cuda_group_norm_affine(ctx, norm, weight, bias, true, silu)) {
+            return j_silu - i;
+        }
+    }
+    return writable(add) && bonsai_cuda_group_norm_affine(ctx, norm, weight, bias, false, add) ? j_add - i : 0;
+}
+
 }  // namespace
 
 int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i) {
@@ -578,6 +620,8 @@ int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * 
             return fuse_glu_mul_mat(ctx, cgraph, i);
         case GGML_OP_CONV_2D:
             return fuse_conv2d(ctx, cgraph, i);
+        case GGML_OP_GROUP_NORM:
+            return fuse_group_norm(ctx, cgraph, i);
         default:
             return 0;
     }

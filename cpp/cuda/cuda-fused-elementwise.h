@@ -32,6 +32,9 @@ struct ggml_tensor;
 //                    r of z's shape]: the convolution kernel adds the bias (and r) as it writes
 //                    (cuda-conv2d.h, sd.cpp's Conv2d with direct convolutions and the VAE's
 //                    residual sums)
+//   group norm:      n = GROUP_NORM(x); m = MUL(n, w [1, 1, C, 1]); y = ADD(m, b [1, 1, C, 1])
+//                    [; z = SILU(y)]: the group norm's second pass writes y (or z) (sd.cpp's
+//                    GroupNorm and the VAE's SiLU after it; cuda-group-norm.h)
 // computes y and returns the index of y's node less i (the caller skips to it); else returns 0,
 // doing nothing. Always 0 when BONSAI_SD_CUDA_UNFUSED is set (before/after measurements).
 int bonsai_cuda_fuse_elementwise(ggml_backend_cuda_context & ctx, ggml_cgraph * cgraph, int i);
