@@ -604,17 +604,19 @@ static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv
 // too large: each position k has an accumulator of its own, joined per 32-element group), word &
 // (0x01010101 << k) four Q1_0 bits; PTQ1_0's base-3 bytes go through the identity at its
 // mvq_dot. The weights stream through a ring of shared-memory stages per warp with 16-byte
-// cp.async, the first stages issued before the activations are rounded. A stage holds 32
-// consecutive 128-element units (chunks) of the warp's rows, and lane l takes unit l: units are
-// only 2-byte aligned, so it reads the aligned words around its unit and realigns them with byte
-// permutes. Each block (one per SM, so that each SM rounds the activations once) takes a run of
-// rows; its warps take even shares of the run's stages (a row may be shared by two warps, or by
-// several lanes of a stage) and add each row's pieces in shared memory. Products are exact
-// integers per 32 elements; the scales, d and the sums are f32.
+// cp.async, the first stages issued before the activations are rounded. A stage holds up to 64
+// consecutive 128-element units (chunks) of the warp's rows, and lane l takes units 2l, 2l + 1
+// (l alone where the stage holds 32 or fewer), so that the copy issue, the row bookkeeping and
+// the lanes' reduction are paid once per 64 units: units are only 2-byte aligned, so a lane
+// reads the aligned words around its unit and realigns them with byte permutes. Each block (one
+// per SM, so that each SM rounds the activations once) takes a run of rows; its warps take even
+// shares of the run's 32-unit pieces (a row may be shared by two warps, or by several lanes of a
+// stage) and add each row's pieces in shared memory. Products are exact integers per 32
+// elements; the scales, d and the sums are f32.
 //
-// Activation layout (per column, per chunk: 144 bytes, so that the chunks of 8 consecutive lanes
-// start in 8 different 16-byte bank groups): granules 0..7 of 16 bytes, then one granule of
-// four group words, (bf16 scale of group g << 16) | (sum of its 32 int8 values & 0xffff).
+// Activation layout, per chunk 144 bytes (mvq_odd_chunks_at: where in a column): granules 0..7
+// of 16 bytes, then one granule of four group words, (bf16 scale of group g << 16) | (sum of its
+// 32 int8 values & 0xffff).
 //   Q2_0, PQ2_0: granule i serves code word i (elements 16i..16i+15): its 32-bit word k holds
 //                the elements 16i + 4b + k (b = 0..3), whose codes are bits 2k of byte b.
 //   Q1_0:        granules 2i, 2i + 1 serve code word i (elements 32i..32i+31): word k (0..7)
@@ -624,19 +626,32 @@ static __global__ void __launch_bounds__(MMV_WARPS * 32, mmv_min_blocks(NC)) mmv
 // round(x * (1 / scale)), half to even: tests/cuda/lowbit_cuda_check.cu repeats this bit for bit.
 
 static constexpr int MVQ_WARPS     = 16;   // warps per block
-static constexpr int MVQ_STAGES    = 4;    // ring stages per warp (three in flight while one is used)
+static constexpr int MVQ_STAGES    = 3;    // ring stages per warp (two in flight while one is used)
+static constexpr int MVQ_UNITS     = 64;   // units per stage: two per lane
 static constexpr int MVQ_CHUNK     = 144;  // shared-memory bytes per chunk per column
 static constexpr int MVQ_BLOCKS    = 1;    // blocks per SM the grid is sized for
-static constexpr int MVQ_MIN_UNITS = MVQ_WARPS * 32;  // a block takes at least a stage per warp
+static constexpr int MVQ_MIN_UNITS = MVQ_WARPS * 32;  // a block takes at least 32 units per warp
 static constexpr int MVQ_MAX_ROWS  = 512;  // rows per block, for the row sums in shared memory
 
 template <int TYPE> struct mvq_geometry {
     static constexpr int unit  = chunk_bytes(TYPE);  // file bytes of one chunk
-    // a stage: 32 units from any 2-byte offset of a 16-byte piece, and the aligned word that
-    // the last unit's realignment reads past its end
-    static constexpr int slot  = 32 * unit + 32;
+    // a stage: MVQ_UNITS units from any 2-byte offset of a 16-byte piece, and the aligned word
+    // that the last unit's realignment reads past its end
+    static constexpr int slot  = MVQ_UNITS * unit + 32;
     static constexpr int pieces_per_lane = (slot / 16 + 31) / 32;  // 16-byte copies per lane per stage
 };
+
+// A column's activations: its even chunks, then from mvq_odd_chunks_at its odd ones, that offset
+// being 64 past a multiple of 128 bytes: lanes that read chunks c0 + 2 l (two units a lane) or
+// c0 + l hit eight different 16-byte bank groups per eight lanes.
+static __host__ __device__ __forceinline__ int mvq_odd_chunks_at(int chunks) {
+    const int evens = (chunks + 1) / 2 * MVQ_CHUNK;
+    return evens + ((64 - evens) & 127);
+}
+
+static __host__ __device__ __forceinline__ int mvq_column_bytes(int chunks) {
+    return mvq_odd_chunks_at(chunks) + chunks / 2 * MVQ_CHUNK;
+}
 
 // __dp4a of four unsigned bytes (weight codes) with four signed bytes (activations), and
 // __byte_perm; with host versions, for tests/cuda/lowbit_matvec_decode_check.cu.
@@ -897,62 +912,76 @@ static __device__ __forceinline__ uint32_t pack_bytes4(int b0, int b1, int b2, i
     return __byte_perm(__byte_perm(b0, b1, 0x0040u), __byte_perm(b2, b3, 0x0040u), 0x5410u);
 }
 
-// Thread `word` of a column rounds the column's elements 16 word .. + 15, v (two threads, adjacent
-// lanes, per 32-element group) and writes them into chunk word / 8, granule word % 8. All lanes of
-// the warp take part (the shuffles); those with on == false write nothing.
+// Thread `piece` of a column rounds the column's elements 8 piece .. + 7, v (four threads, lanes
+// 4k .. 4k + 3, per 32-element group) into `chunk` (the piece's chunk, laid out as described
+// above). All lanes of the warp take part (the shuffles); those with on == false write nothing.
 template <int TYPE>
-static __device__ __forceinline__ void mvq_quantize(const float (&v)[16], int word, bool on, uint8_t * act) {
+static __device__ __forceinline__ void mvq_quantize(const float (&v)[8], int piece, bool on, uint8_t * chunk) {
     float amax = 0.0f;
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
+    for (int j = 0; j < 8; j++) {
         amax = fmaxf(amax, fabsf(v[j]));
     }
     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
     const uint32_t scale   = mvq_scale_bits(amax);
     const float    inverse = scale ? __fdiv_rn(1.0f, __uint_as_float(scale)) : 0.0f;
-    int q[16], sum = 0;
+    int q[8], sum = 0;
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
+    for (int j = 0; j < 8; j++) {
         q[j] = __float2int_rn(v[j] * inverse);
         sum += q[j];
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
 
-    uint32_t out[4];
+    const int quarter = piece & 3;  // the thread's elements 8 quarter .. + 7 of its group
+    uint32_t  out[2];               // the 8 bytes it writes: bytes 8 (piece % 16) .. + 7 of the chunk
     if constexpr (TYPE == BONSAI_TYPE_PTQ1_0) {
-#pragma unroll
-        for (int w = 0; w < 4; w++) {
-            out[w] = pack_bytes4(q[4 * w], q[4 * w + 1], q[4 * w + 2], q[4 * w + 3]);
-        }
+        out[0] = pack_bytes4(q[0], q[1], q[2], q[3]);
+        out[1] = pack_bytes4(q[4], q[5], q[6], q[7]);
     } else if constexpr (TYPE == BONSAI_TYPE_Q1_0) {
-        // Word k of the group's two granules holds elements k, 8 + k (this thread if even) and
-        // 16 + k, 24 + k (the odd one): each thread makes its halves of all eight words, and the
-        // even thread writes words 0..3, the odd one words 4..7.
-        uint32_t half[8];
+        // Word k (0..7) of the group holds element 8 b + k in byte b: thread b holds byte b of
+        // every word, and thread t writes words 2t, 2t + 1. A 4 x 4 transpose of the 16-bit pairs
+        // p[t] = (byte b of word 2t, of word 2t + 1) across the four threads, in two exchanges.
+        uint32_t p[4];
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            half[k] = __byte_perm(q[k], q[8 + k], 0x0040u) & 0xffffu;
+        for (int t = 0; t < 4; t++) {
+            p[t] = __byte_perm(q[2 * t], q[2 * t + 1], 0x0040u) & 0xffffu;
         }
-        const bool     odd     = word & 1;
-        const uint32_t give[2] = {odd ? half[0] | half[1] << 16 : half[4] | half[5] << 16,
-                                  odd ? half[2] | half[3] << 16 : half[6] | half[7] << 16};
-        const uint32_t got[2]  = {__shfl_xor_sync(0xffffffffu, give[0], 1), __shfl_xor_sync(0xffffffffu, give[1], 1)};
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const uint32_t other = (got[k / 2] >> (16 * (k % 2))) & 0xffffu;
-            out[k] = odd ? other | half[4 + k] << 16 : half[k] | other << 16;
-        }
+        // with lane ^ 2: keep the pairs of words 4 (quarter / 2) .. + 3
+        const bool     upper = quarter & 2;
+        const uint32_t mine  = upper ? p[2] | p[3] << 16 : p[0] | p[1] << 16;
+        const uint32_t other = __shfl_xor_sync(0xffffffffu, upper ? p[0] | p[1] << 16 : p[2] | p[3] << 16, 2);
+        // with lane ^ 1: keep the pair of words 2 quarter, + 1 (rows quarter and quarter ^ 2)
+        const bool     odd  = quarter & 1;
+        const uint32_t keep = odd ? __byte_perm(mine, other, 0x7632u) : __byte_perm(mine, other, 0x5410u);
+        const uint32_t got  = __shfl_xor_sync(0xffffffffu, odd ? __byte_perm(mine, other, 0x5410u)
+                                                               : __byte_perm(mine, other, 0x7632u), 1);
+        // keep: rows quarter (low half), quarter ^ 2; got: rows quarter ^ 1, quarter ^ 3
+        const uint32_t r01 = odd ? __byte_perm(got, keep, 0x5410u) : __byte_perm(keep, got, 0x5410u);
+        const uint32_t r23 = odd ? __byte_perm(got, keep, 0x7632u) : __byte_perm(keep, got, 0x7632u);
+        const uint32_t lo  = upper ? r23 : r01;  // rows 0, 1 as two 16-bit pairs
+        const uint32_t hi  = upper ? r01 : r23;  // rows 2, 3
+        out[0] = __byte_perm(lo, hi, 0x6420u);
+        out[1] = __byte_perm(lo, hi, 0x7531u);
     } else {
+        // Word k of the granule holds element 4 b + k in byte b: this thread holds bytes 2 h,
+        // 2 h + 1 (h = quarter & 1) of every word; the even one writes words 0, 1, the odd 2, 3.
+        uint32_t half[4];
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            out[k] = pack_bytes4(q[k], q[4 + k], q[8 + k], q[12 + k]);
+            half[k] = __byte_perm(q[k], q[4 + k], 0x0040u) & 0xffffu;
         }
+        const bool     odd = quarter & 1;
+        const uint32_t got = __shfl_xor_sync(0xffffffffu, odd ? half[0] | half[1] << 16 : half[2] | half[3] << 16, 1);
+        out[0] = odd ? half[2] << 16 | (got & 0xffffu) : half[0] | got << 16;
+        out[1] = odd ? half[3] << 16 | got >> 16 : half[1] | (got & 0xffff0000u);
     }
     if (on) {
-        uint8_t * chunk = act + (word / 8) * MVQ_CHUNK;
-        *(uint4 *) (chunk + 16 * (word % 8)) = make_uint4(out[0], out[1], out[2], out[3]);
-        if (!(word & 1)) {
-            *(uint32_t *) (chunk + 128 + 4 * (word % 8 / 2)) = scale | (uint32_t) (sum & 0xffff);
+        *(uint2 *) (chunk + 8 * (piece % 16)) = make_uint2(out[0], out[1]);
+        if (quarter == 0) {
+            *(uint32_t *) (chunk + 128 + 4 * (piece % 16 / 4)) = scale | (uint32_t) (sum & 0xffff);
         }
     }
 }
@@ -986,7 +1015,8 @@ struct mvq_cursor {
 };
 
 // grid: (runs of rows_per_block rows, ne2 * ne3 slices); dynamic shared memory: the warps' rings,
-// the activations (NC x chunks x MVQ_CHUNK) and the row sums (rows_per_block x NC floats).
+// the activations (NC columns of mvq_column_bytes(chunks)) and the row sums (rows_per_block x NC
+// floats).
 template <int TYPE, int NC>
 static __global__ void __launch_bounds__(MVQ_WARPS * 32, MVQ_BLOCKS) mvq_kernel(const mvq_params p) {
     using G = mvq_geometry<TYPE>;
@@ -999,56 +1029,75 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32, MVQ_BLOCKS) mvq_kernel(
     const int64_t i2   = blockIdx.y % p.ne2;
     const int64_t i3   = blockIdx.y / p.ne2;
 
-    const uint8_t * ws   = p.w + (i2 / p.r2) * p.w_nb2 + (i3 / p.r3) * p.w_nb3;
-    const uint8_t * wrun = ws + row0 * p.w_nb1;
-    // 16-byte pieces that reach outside the slice's bytes (only at its very start and end) are
-    // copied two bytes at a time
-    const uintptr_t lo   = (uintptr_t) ws;
-    const uintptr_t hi   = lo + (size_t) (p.M - 1) * p.w_nb1 + (size_t) C * G::unit;
-    const bool      flat = p.w_nb1 == (size_t) C * G::unit;  // rows back to back: a stage may span rows
+    // Weight bytes are addressed as 32-bit offsets from `base`, the 16-byte boundary at or below
+    // the run's first byte (the host keeps a run's bytes under 2^31). 16-byte pieces that reach
+    // outside the slice's bytes [lo, hi) (only at its very start and end) are copied two bytes at
+    // a time.
+    const uint8_t * ws    = p.w + (i2 / p.r2) * p.w_nb2 + (i3 / p.r3) * p.w_nb3;
+    const uint8_t * wrun  = ws + row0 * p.w_nb1;
+    const int       skew  = (int) ((uintptr_t) wrun & 15);
+    const uint8_t * base  = wrun - skew;
+    const int       lo    = (int) max((intptr_t) 0, (intptr_t) (ws - base));  // 0..15
+    const int       hi    = (int) min((int64_t) INT32_MAX,
+                                      (int64_t) ((ws + (size_t) (p.M - 1) * p.w_nb1 + (size_t) C * G::unit) - base));
+    const bool      flat  = p.w_nb1 == (size_t) C * G::unit;  // rows back to back: a stage may span rows
+    const int       pitch = (int) p.w_nb1;
 
     uint8_t * const ring   = mvq_smem + warp * (MVQ_STAGES * G::slot);
     uint8_t * const act    = mvq_smem + MVQ_WARPS * MVQ_STAGES * G::slot;
-    float   * const rowsum = (float *) (act + (size_t) NC * C * MVQ_CHUNK);
+    const int       column = mvq_column_bytes(C);
+    const int       odd0   = mvq_odd_chunks_at(C);
+    float * const   rowsum = (float *) (act + NC * column);
+    auto chunk_at = [&](int c) {  // byte offset of chunk c in a column
+        return (c & 1 ? odd0 : 0) + (c >> 1) * MVQ_CHUNK;
+    };
 
-    // the warp's units (row-major over the run): an even share of the run's stages of 32
+    // the warp's units (row-major over the run): an even share of the run's 32-unit pieces
     const int total  = rows * C;
-    const int stages = (total + 31) / 32;
-    const int u_end  = min(total, 32 * (stages * (warp + 1) / MVQ_WARPS));
+    const int pieces = (total + 31) / 32;
+    const int u_end  = min(total, 32 * (pieces * (warp + 1) / MVQ_WARPS));
     mvq_cursor at;
-    at.u   = min(total, 32 * (stages * warp / MVQ_WARPS));
+    at.u   = min(total, 32 * (pieces * warp / MVQ_WARPS));
     at.row = at.u / C;
     at.c   = at.u % C;
 
-    auto address = [&](const mvq_cursor & q) {
-        return (uintptr_t) wrun + (flat ? (size_t) q.u * G::unit : (size_t) q.row * p.w_nb1 + (size_t) q.c * G::unit);
+    auto offset = [&](const mvq_cursor & q) {  // of the unit's first byte from base
+        return skew + (flat ? q.u * G::unit : q.row * pitch + q.c * G::unit);
     };
-    // the stage from q: up to 32 units, within one row unless the rows are back to back
+    // the stage from q: up to MVQ_UNITS units, within one row unless the rows are back to back
     auto stage_units = [&](const mvq_cursor & q) {
-        const int n = min(32, u_end - q.u);
+        const int n = min(MVQ_UNITS, u_end - q.u);
         return flat ? n : min(n, C - q.c);
     };
     // copies the n units from q into ring stage s: the 16-byte pieces from the one at or below
     // their first byte
     auto issue = [&](const mvq_cursor & q, int n, int s) {
-        const uintptr_t first  = address(q);
-        const uintptr_t base   = first & ~(uintptr_t) 15;
-        const int       pieces = (int) (((first & 15) + (uintptr_t) n * G::unit + 15) / 16);
-        const bool      inside = base >= lo && base + 16 * (uintptr_t) pieces <= hi;
-        uint8_t * const stage  = ring + s * G::slot;
+        const int       first  = offset(q);
+        const int       from   = first & ~15;
+        const int       count  = ((first & 15) + n * G::unit + 15) / 16;
+        const bool      inside = from >= lo && from + 16 * count <= hi;
+        const uint8_t * src    = base + from + 16 * lane;
+        uint8_t * const to     = ring + s * G::slot + 16 * lane;
+        if (inside) {
 #pragma unroll
+            for (int j = 0; j < G::pieces_per_lane; j++) {
+                if (lane + 32 * j < count) {
+                    cp_async16(to + 512 * j, src + 512 * j);
+                }
+            }
+            return;
+        }
+#pragma unroll 1
         for (int j = 0; j < G::pieces_per_lane; j++) {
-            const int piece = lane + 32 * j;
-            if (piece < pieces) {
-                const uintptr_t src = base + 16 * piece;
-                uint8_t *       to  = stage + 16 * piece;
-                if (inside || (src >= lo && src + 16 <= hi)) {
-                    cp_async16(to, (const void *) src);
+            const int at_byte = from + 16 * (lane + 32 * j);
+            if (lane + 32 * j < count) {
+                if (at_byte >= lo && at_byte + 16 <= hi) {
+                    cp_async16(to + 512 * j, src + 512 * j);
                 } else {
 #pragma unroll 1
                     for (int h = 0; h < 16; h += 2) {
-                        if (src + h >= lo && src + h + 2 <= hi) {
-                            *(uint16_t *) (to + h) = *(const uint16_t *) (src + h);
+                        if (at_byte + h >= lo && at_byte + h + 2 <= hi) {
+                            *(uint16_t *) (to + 512 * j + h) = *(const uint16_t *) (src + 512 * j + h);
                         }
                     }
                 }
@@ -1057,34 +1106,36 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32, MVQ_BLOCKS) mvq_kernel(
     };
 
     // The activations: thread t of round j0 rounds task j = j0 + b * (block size) + t of each
-    // batch b, elements 16 (j % words) .. + 15 of column j / words. The first round's loads go out
-    // before the weights' first stages, which would otherwise be queued ahead of them, and a warp
-    // skips the batches that hold no task of it (K = 3072, 192 tasks: 6 of the 16 warps busy for
-    // one batch, not all of them for two). Measured at 3072 x 3072 (H100, PQ2_0): the kernel's
-    // start to the end of the rounding 3.1 us before, 1.95 us after, of 5.0 and 4.2 us.
-    constexpr int  BATCH = 2;
-    const char *   xs    = (const char *) p.x + i2 * p.x_nb2 + i3 * p.x_nb3;
-    const int      words = 8 * C;       // per column; a multiple of 8, so groups and chunks stay in a warp
-    const int      tasks = NC * words;
+    // batch b, elements 8 (j % pieces8) .. + 7 of column j / pieces8. The first round's loads go
+    // out before the weights' first stages, which would otherwise be queued ahead of them, and a
+    // warp skips the batches that hold no task of it. Eight elements a thread (four threads a
+    // group) spread K = 3072 over 12 of the 16 warps.
+    constexpr int  BATCH   = 4;
+    const char *   xs      = (const char *) p.x + i2 * p.x_nb2 + i3 * p.x_nb3;
+    const int      pieces8 = 16 * C;  // per column; a multiple of 16, so groups stay in a warp
+    const int      tasks   = NC * pieces8;
     auto batch_on = [&](int j0, int b) {  // the same for all lanes of a warp
         return j0 + b * MVQ_WARPS * 32 + warp * 32 < tasks;
     };
-    auto load_round = [&](int j0, float (&v)[BATCH][16]) {
+    auto column_of = [&](int j) {  // of task j
+        return NC == 1 ? 0 : (int) ((unsigned) j / (unsigned) pieces8);
+    };
+    auto load_round = [&](int j0, float (&v)[BATCH][8]) {
 #pragma unroll
         for (int b = 0; b < BATCH; b++) {
             if (batch_on(j0, b)) {
                 const int      j   = j0 + b * MVQ_WARPS * 32 + (int) threadIdx.x;
-                const int      col = j / words;
-                const float4 * x4  = (const float4 *) (xs + col * p.x_nb1) + 4 * (j - col * words);
+                const int      col = column_of(j);
+                const float4 * x4  = (const float4 *) (xs + col * p.x_nb1) + 2 * (j - col * pieces8);
 #pragma unroll
-                for (int q = 0; q < 4; q++) {
+                for (int q = 0; q < 2; q++) {
                     const float4 f = j < tasks ? __ldg(x4 + q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                     v[b][4 * q] = f.x, v[b][4 * q + 1] = f.y, v[b][4 * q + 2] = f.z, v[b][4 * q + 3] = f.w;
                 }
             }
         }
     };
-    float v[BATCH][16];
+    float v[BATCH][8];
     load_round(0, v);
 
     mvq_cursor next = at;  // the first unit not yet issued
@@ -1108,42 +1159,70 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32, MVQ_BLOCKS) mvq_kernel(
 #pragma unroll
         for (int b = 0; b < BATCH; b++) {
             if (batch_on(j0, b)) {
-                const int j   = j0 + b * MVQ_WARPS * 32 + (int) threadIdx.x;
-                const int col = j / words;
-                mvq_quantize<TYPE>(v[b], j - col * words, j < tasks, act + (size_t) col * C * MVQ_CHUNK);
+                const int j     = j0 + b * MVQ_WARPS * 32 + (int) threadIdx.x;
+                const int col   = column_of(j);
+                const int piece = j - col * pieces8;
+                mvq_quantize<TYPE>(v[b], piece, j < tasks, act + col * column + chunk_at(piece / 16));
             }
         }
     }
     __syncthreads();
 
-    for (int s = 0; at.u < u_end; s = (s + 1) % MVQ_STAGES) {
+    for (int s = 0; at.u < u_end; s = s + 1 < MVQ_STAGES ? s + 1 : 0) {
         if (next.u < u_end) {
             const int n = stage_units(next);
-            issue(next, n, (s + MVQ_STAGES - 1) % MVQ_STAGES);
+            issue(next, n, s == 0 ? MVQ_STAGES - 1 : s - 1);
             next.advance(n, C);
         }
         cp_async_commit();
         cp_async_wait<MVQ_STAGES - 1>();
         __syncwarp();  // every lane's pieces of this stage have landed
 
-        const int n = stage_units(at);
-        // the lane's unit: chunk c of row `row`
-        int row = at.row, c = at.c + lane;
+        // Lane l takes units `per` l .. + per - 1 of the stage's n (one each for up to 32, else
+        // two): unit a, chunk c of row `row`, and (has_b) unit b after it, chunk c_b of row_b.
+        // Where b starts a row, a's sums go to their row at once and the lane carries b's, so
+        // that each lane ends with one row's sums for the reduction below.
+        const int n   = stage_units(at);
+        const int per = n > 32 ? 2 : 1;
+        const int ua  = per * lane;
+        int       row = at.row, c = at.c + ua;
         while (c >= C) {
             c -= C;
             row++;
         }
-        float sum[NC];
+        const bool has_b = per == 2 && ua + 1 < n;
+        const int  c_b   = c + 1 < C ? c + 1 : 0;
+        const int  row_b = c_b ? row : row + 1;
+        float      sum[NC];
 #pragma unroll
         for (int col = 0; col < NC; col++) {
             sum[col] = 0.0f;
         }
-        if (lane < n) {
-            const int               start = (int) (address(at) & 15) + lane * G::unit;
-            const mvq_weights<TYPE> wt((const uint32_t *) (ring + s * G::slot + (start & ~3)), start & 3);
+        if (ua < n) {
+            const int       start = (offset(at) & 15) + ua * G::unit;
+            const uint8_t * stage = ring + s * G::slot;
+            {
+                const mvq_weights<TYPE> wt((const uint32_t *) (stage + (start & ~3)), start & 3);
 #pragma unroll
-            for (int col = 0; col < NC; col++) {
-                sum[col] = mvq_dot<TYPE>(wt, act + ((size_t) col * C + c) * MVQ_CHUNK);
+                for (int col = 0; col < NC; col++) {
+                    sum[col] = mvq_dot<TYPE>(wt, act + col * column + chunk_at(c));
+                }
+            }
+            if (has_b) {
+                if (row_b != row) {  // unit b starts a row: a's sums go to their row now
+#pragma unroll
+                    for (int col = 0; col < NC; col++) {
+                        atomicAdd(&rowsum[row * NC + col], sum[col]);
+                        sum[col] = 0.0f;
+                    }
+                    row = row_b;
+                }
+                const int               start_b = start + G::unit;
+                const mvq_weights<TYPE> wt((const uint32_t *) (stage + (start_b & ~3)), start_b & 3);
+#pragma unroll
+                for (int col = 0; col < NC; col++) {
+                    sum[col] += mvq_dot<TYPE>(wt, act + col * column + chunk_at(c_b));
+                }
             }
         } else {
             row = -1;
@@ -1271,9 +1350,10 @@ static cudaError_t launch_matvec(const bonsai_cuda_matmul_args & a, const float 
     int64_t rows = (a.M + blocks - 1) / blocks;
     rows = max(rows, (int64_t) ((MVQ_MIN_UNITS + C - 1) / C));
     rows = min(rows, min((int64_t) MVQ_MAX_ROWS, a.M));
-    const size_t smem = (size_t) MVQ_WARPS * MVQ_STAGES * G::slot + (size_t) NC * C * MVQ_CHUNK +
+    const size_t smem = (size_t) MVQ_WARPS * MVQ_STAGES * G::slot + (size_t) NC * mvq_column_bytes(C) +
                         (size_t) rows * NC * sizeof(float);
-    if (!dev || smem > (size_t) dev->smem_optin) {
+    // the kernel addresses a run's weight bytes with 32-bit offsets
+    if (!dev || smem > (size_t) dev->smem_optin || (double) rows * (double) a.w_nb1 >= (double) (1 << 30)) {
         return launch_mmv<TYPE, NC>(a, x, x_nb1, x_nb2, x_nb3, stream);
     }
     static bool raised[64];
