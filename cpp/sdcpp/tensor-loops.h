@@ -1,4 +1,4 @@
-// The element loop behind sd.cpp's broadcasting tensor arithmetic on the host (src/tensor.hpp:
+// The element loops behind sd.cpp's broadcasting tensor arithmetic on the host (src/tensor.hpp:
 // `a * b`, `a += b`, masked_fill_ ... where the shapes differ). Upstream found each element's two
 // source offsets by dividing its flat index by every output stride: about 60 ms for the prompt
 // weighting of FLUX.2 [klein]'s 7680 x 512 text embeddings (a [1, 512] weight row times the
@@ -65,6 +65,33 @@ inline void for_each_broadcast_offset(const std::vector<int64_t> & out_shape,
             rhs_base -= rhs_step[d] * out_shape[d];
             coord[d] = 0;
         }
+    }
+}
+
+// Element-wise passes over n contiguous floats for the sampler's latent arithmetic: one operation
+// per pass, as sd.cpp's tensor operators do it (so every value is rounded as before), without
+// their bounds-checked indexing, so that the compiler vectorizes them.
+inline void subtract_from(const float * x, float * d, int64_t n) {  // d = x - d
+    for (int64_t i = 0; i < n; ++i) {
+        d[i] = x[i] - d[i];
+    }
+}
+
+inline void divide(float * d, float s, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        d[i] /= s;
+    }
+}
+
+inline void multiply(float * d, float s, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        d[i] *= s;
+    }
+}
+
+inline void add(float * d, const float * x, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        d[i] += x[i];
     }
 }
 
