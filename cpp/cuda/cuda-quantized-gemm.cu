@@ -1,7 +1,7 @@
 // ggml's quantized weight types (Q4_K, Q8_0, ...) at many tokens on Hopper: the weights
 // dequantized to bf16 and multiplied by cuBLAS instead of ggml's MMQ kernels. At FLUX.2 [klein]'s
-// text encoder (Qwen3-4B in Q4_K, 512 tokens) MMQ ran at ~120 TFLOPS on the H100, cuBLAS's bf16
-// GEMM at several times that, and the dequantization is one pass over the weights. bf16 rather
+// text encoder (Qwen3-4B in Q4_K, 512 tokens) MMQ ran at 62-145 TFLOPS on the H100 and this path
+// at 114-226, the dequantization (one pass over the weights) included. bf16 rather
 // than f16: Qwen's activations reach magnitudes that f16 cannot hold; its 8-bit mantissa rounds
 // about as finely as MMQ's 8-bit activations (per 32 values), and the products accumulate in f32.
 

@@ -2,9 +2,9 @@
 // `a * b`, `a += b`, masked_fill_ ... where the shapes differ). Upstream found each element's two
 // source offsets by dividing its flat index by every output stride: about 60 ms for the prompt
 // weighting of FLUX.2 [klein]'s 7680 x 512 text embeddings (a [1, 512] weight row times the
-// [7680, 512] states) and ~8 ms for each per-channel latent scaling, on every image. Here the
-// offsets advance like an odometer: dimension 0 in a plain inner loop, the others carried.
-// The visiting order (flat index 0, 1, 2, ...) and the offsets are the same as upstream's.
+// [7680, 512] states) on this project's 2-core machine, on every image. Here the offsets
+// advance like an odometer: dimension 0 in a plain inner loop, the others carried. The visiting
+// order (flat index 0, 1, 2, ...) and the offsets are the same as upstream's.
 #ifndef BONSAI_SDCPP_TENSOR_LOOPS_H
 #define BONSAI_SDCPP_TENSOR_LOOPS_H
 
