@@ -28,6 +28,7 @@
 // OH OW per call), and their sum weighted by how often the decode runs each shape.
 
 #include "cuda-conv2d.h"
+#include "cuda-ok.h"
 
 #include <cuda_fp16.h>
 
@@ -39,15 +40,6 @@
 #include <vector>
 
 static int g_failures = 0;
-
-#define CUDA_OK(call)                                                                                        \
-    do {                                                                                                     \
-        const cudaError_t err_ = (call);                                                                     \
-        if (err_ != cudaSuccess) {                                                                           \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(err_), __FILE__, __LINE__, #call); \
-            exit(2);                                                                                         \
-        }                                                                                                    \
-    } while (0)
 
 static uint64_t mix(uint64_t z) {
     z += 0x9e3779b97f4a7c15ULL;

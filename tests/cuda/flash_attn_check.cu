@@ -16,6 +16,7 @@
 // in sd.cpp's layout, in TFLOPS (4 L^2 128 heads per call).
 
 #include "cuda-flash-attn.h"
+#include "cuda-ok.h"
 
 #include <cuda_fp16.h>
 
@@ -27,15 +28,6 @@
 #include <vector>
 
 static int g_failures = 0;
-
-#define CUDA_OK(call)                                                                                        \
-    do {                                                                                                     \
-        const cudaError_t err_ = (call);                                                                     \
-        if (err_ != cudaSuccess) {                                                                           \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(err_), __FILE__, __LINE__, #call); \
-            exit(2);                                                                                         \
-        }                                                                                                    \
-    } while (0)
 
 static constexpr int D = 128;
 

@@ -25,6 +25,7 @@
 #include "lowbit.h"
 #include "lowbit-cuda.h"
 #include "matvec-rounding.h"
+#include "cuda-ok.h"
 
 #include <algorithm>
 #include <cmath>
@@ -58,15 +59,6 @@ static bool f16_config_on(int c) {
             fprintf(stderr, __VA_ARGS__);                         \
             fprintf(stderr, "\n");                                \
         }                                                         \
-    } while (0)
-
-#define CUDA_OK(call)                                                                                 \
-    do {                                                                                              \
-        const cudaError_t err_ = (call);                                                              \
-        if (err_ != cudaSuccess) {                                                                    \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(err_), __FILE__, __LINE__, #call); \
-            exit(2);                                                                                  \
-        }                                                                                             \
     } while (0)
 
 // ---- random numbers (splitmix64) ----------------------------------------------------------------
