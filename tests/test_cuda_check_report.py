@@ -41,6 +41,20 @@ def test_ratios_and_pass(tmp_path):
     assert results["ok"] is True
 
 
+def test_graph_log_with_ggml_lines_between(tmp_path):
+    # with CUDA graphs ggml logs its warm-up between a case and its timing
+    line = perf_line("f16", 3072, 1, 3072, 8.0).replace(
+        ":   ", ": ggml_backend_cuda_graph_compute: CUDA graph warmup complete\n            ", 1)
+    (tmp_path / "perf-graph.log").write_text("ggml_backend_cuda_graph_compute: CUDA graph warmup complete\n" + line
+                                             + perf_line("ptq1_0", 3072, 1, 3072, 2.0))
+    (tmp_path / "backend-ops.log").write_text(f"  MUL_MAT(type_a=pq2_0,{SHAPE.format(m=67, n=1, k=128)}): OK\n")
+    proc = run(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    matvec = json.loads((tmp_path / "results.json").read_text())["perf_graph"]
+    assert len(matvec) == 1 and matvec[0]["values"] == {"f16": 8.0, "ptq1_0": 2.0}
+    assert abs(matvec[0]["speedup_vs_f16"]["ptq1_0"] - 4.0) < 1e-9
+
+
 def test_a_failed_case_fails_the_run(tmp_path):
     (tmp_path / "backend-ops.log").write_text(
         f"  MUL_MAT(type_a=pq2_0,{SHAPE.format(m=67, n=1, k=128)}): \x1b[1;32mOK\x1b[0m\n"

@@ -15,11 +15,14 @@
 #     CPU) and tests/cuda/lowbit_cuda_check.cu built with nvcc against cpp/cuda and cuBLAS:
 #     bit-exact codec checks, GEMM and mat-vec correctness, accuracy and timings against cuBLAS
 #     (kernels.log, kernels.json). --kernels stops here.
-#  2. build: sd-cli and test-backend-ops with BONSAI_SD_CUDA=ON (build.log, the tail).
+#  2. build: sd-cli and test-backend-ops with BONSAI_SD_CUDA=ON (build.log, the tail), ggml's CUDA
+#     graphs compiled in but switched off (GGML_CUDA_DISABLE_GRAPHS=1) for every step but one perf
+#     run, so that the rest runs node by node as the product does (its build leaves them out).
 #  3. test-backend-ops, CUDA against CPU: MUL_MAT, GET_ROWS and CPY for the four types, DiT
 #     shapes included (backend-ops.log).
 #  4. test-backend-ops perf: the DiT linears for F16, BF16, Q8_0, Q4_0 and the four types
-#     (perf.log).
+#     (perf.log); the mat-vec (N = 1) again from ggml's CUDA graphs, without the CPU's launch
+#     per call (perf-graph.log).
 #  5. a tiny FLUX.2-shaped model (tools/tiny_klein.py) converted to each type with sd-cli and
 #     generated on CUDA and on the CPU (the same binary without a visible GPU) (tiny.log).
 # tools/cuda_check_report.py then writes results.json and prints the tables. The exit status is
@@ -38,6 +41,7 @@ arch=${BONSAI_SD_CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,no
 arch=${arch:-90}
 jobs=${BONSAI_SD_JOBS:-$(nproc)}
 status=0
+export GGML_CUDA_DISABLE_GRAPHS=1  # node by node, as in the product (step 2)
 
 # ---- 1. the kernels on their own -------------------------------------------------------------
 if want kernels; then
@@ -88,7 +92,7 @@ if want build || [ ! -d "$build" ]; then
 echo "== build (BONSAI_SD_CUDA=ON, sm_$arch, $jobs jobs)"
 {
     cmake -S "$here" -B "$build" -G Ninja -DBONSAI_SD_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" \
-        -DBONSAI_SD_PYTHON=OFF -DBONSAI_SD_BUILD_TESTS=ON &&
+        -DBONSAI_SD_PYTHON=OFF -DBONSAI_SD_BUILD_TESTS=ON -DGGML_CUDA_GRAPHS=ON &&
         cmake --build "$build" --target sd-cli test-backend-ops -j "$jobs"
 } > "$work/build.log" 2>&1
 build_status=$?
@@ -121,6 +125,7 @@ matvec="type_a=(f16|bf16|q1_0|q2_0|pq2_0|ptq1_0),type_b=f32,${shape/NS/1}"
     "$tbo" perf -b CUDA0 -o MUL_MAT -p "$gemm" &&
         "$tbo" perf -b CUDA0 -o MUL_MAT -p "$matvec"
 } > "$out/perf.log" 2>&1 || status=1
+env -u GGML_CUDA_DISABLE_GRAPHS "$tbo" perf -b CUDA0 -o MUL_MAT -p "$matvec" > "$out/perf-graph.log" 2>&1 || status=1
 fi
 
 # ---- 5. tiny model: CUDA against CPU ------------------------------------------------------------

@@ -3,8 +3,9 @@
 
     python3 tools/cuda_check_report.py --out OUTDIR [--tiny TINYDIR]
 
-Reads OUTDIR/kernels.json (tests/cuda/lowbit_cuda_check), backend-ops.log and perf.log
-(test-backend-ops, console output) and, with --tiny, the images tools/cuda-check.sh generated.
+Reads OUTDIR/kernels.json (tests/cuda/lowbit_cuda_check), backend-ops.log, perf.log and
+perf-graph.log (test-backend-ops, console output; perf-graph.log: the mat-vec from ggml's CUDA
+graphs) and, with --tiny, the images tools/cuda-check.sh generated.
 Exit status 1 when a check failed: a kernel check, a test-backend-ops case, or a tiny-model image
 under the PSNR bound.
 """
@@ -28,8 +29,11 @@ BASELINES = ["bf16", "f16", "q8_0", "q4_0"]
 MIN_PSNR_DB = 40.0
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-PERF_LINE = re.compile(
-    r"MUL_MAT\(type_a=(\w+),type_b=f32,m=(\d+),n=(\d+),k=(\d+),[^)]*\):\s+(\d+) runs -\s+([\d.]+) us/run")
+# A case and its timing; ggml's own log lines may come between them (with CUDA graphs: "... CUDA
+# graph warmup complete" and a line break).
+PERF_CASE = re.compile(
+    r"MUL_MAT\(type_a=(\w+),type_b=f32,m=(\d+),n=(\d+),k=(\d+),[^)]*\):(?:(?!MUL_MAT\().)*?"
+    r"(\d+) runs -\s+([\d.]+) us/run", re.DOTALL)
 TEST_LINE = re.compile(r"^\s+(MUL_MAT|GET_ROWS|CPY)\((.*)\): (OK|FAIL|not supported)")
 
 
@@ -45,12 +49,10 @@ class PerfRow:
 
 def parse_perf(path: Path) -> list[PerfRow]:
     rows = []
-    for line in ANSI.sub("", path.read_text(errors="replace")).splitlines():
-        match = PERF_LINE.search(line)
-        if match:
-            t, m, n, k, _runs, us = match.groups()
-            m, n, k, us = int(m), int(n), int(k), float(us)
-            rows.append(PerfRow(t, m, n, k, us, 2.0 * m * n * k / us / 1e6))
+    for match in PERF_CASE.finditer(ANSI.sub("", path.read_text(errors="replace"))):
+        t, m, n, k, _runs, us = match.groups()
+        m, n, k, us = int(m), int(n), int(k), float(us)
+        rows.append(PerfRow(t, m, n, k, us, 2.0 * m * n * k / us / 1e6))
     return rows
 
 
@@ -128,6 +130,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tiny", type=Path)
     args = parser.parse_args()
+    if not args.out.is_dir():
+        parser.error(f"--out {args.out}: no such directory")
 
     ok = True
     summary: dict = {}
@@ -147,6 +151,12 @@ def main() -> int:
         records, lines = perf_tables(parse_perf(perf))
         summary["perf"] = records
         print("test-backend-ops perf, MUL_MAT on CUDA0 (TFLOPS for N > 1, us for N = 1):")
+        print("\n".join(lines))
+    perf_graph = args.out / "perf-graph.log"
+    if perf_graph.exists():
+        records, lines = perf_tables(parse_perf(perf_graph))
+        summary["perf_graph"] = records
+        print("the same from ggml's CUDA graphs (no CPU launch per call), us:")
         print("\n".join(lines))
     if args.tiny:
         summary["tiny_model"] = tiny_results(args.tiny)

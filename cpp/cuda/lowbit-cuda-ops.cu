@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 namespace bonsai_cuda {
 
@@ -901,45 +902,49 @@ __host__ __device__ __forceinline__ float mvq_dot(const mvq_weights<BONSAI_TYPE_
     return wt.d * sum;
 }
 
-// The bf16 scale of a group (amax / 127 rounded up, so that no value rounds past 127) as its
-// bits in the high half, and the inverse the values are multiplied by.
-static __device__ __forceinline__ uint32_t mvq_scale_bits(float amax) {
-    const uint32_t bits = __float_as_uint(__fdiv_rn(amax, 127.0f));
-    return (bits + 0xffffu) & 0xffff0000u;
+// amax / 127 rounded to nearest, as __fdiv_rn gives it, without its slow-path branch (which
+// would keep the batches below from interleaving): the product with the rounded reciprocal,
+// corrected once by its exact fma residual. Equal to amax / 127 for every normal amax whose
+// quotient is normal: tests/cuda/lowbit_matvec_decode_check.cu compares every float of [1, 4),
+// on the host and on the GPU, and other binades only scale these by a power of two.
+static __host__ __device__ __forceinline__ float mvq_div127(float amax) {
+    constexpr float y = 1.0f / 127.0f;
+#ifdef __CUDA_ARCH__
+    const float q = __fmul_rn(amax, y);
+    return __fmaf_rn(__fmaf_rn(-127.0f, q, amax), y, q);
+#else
+    const float q = amax * y;
+    return fmaf(fmaf(-127.0f, q, amax), y, q);
+#endif
 }
 
-static __device__ __forceinline__ uint32_t pack_bytes4(int b0, int b1, int b2, int b3) {
+// 1 / s rounded to nearest for a group's scale s (a normal bf16 value, below 2^122 since amax
+// is finite), branch-free: the approximate reciprocal (within an ulp, says the PTX ISA) and
+// one Newton step with fma, which rounds it correctly (Markstein's theorem; s's significand is
+// not all ones). The decode check compares every normal bf16 s up to 2^126 on the GPU with the
+// host's 1.0f / s.
+static __device__ __forceinline__ float mvq_reciprocal(float s) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(s));
+    return __fmaf_rn(r, __fmaf_rn(-s, r, 1.0f), r);
+}
+
+static __device__ __forceinline__ uint32_t pack_bytes4(uint32_t b0, uint32_t b1, uint32_t b2, uint32_t b3) {
     return __byte_perm(__byte_perm(b0, b1, 0x0040u), __byte_perm(b2, b3, 0x0040u), 0x5410u);
 }
 
-// Thread `piece` of a column rounds the column's elements 8 piece .. + 7, v (four threads, lanes
-// 4k .. 4k + 3, per 32-element group) into `chunk` (the piece's chunk, laid out as described
-// above). All lanes of the warp take part (the shuffles); those with on == false write nothing.
-template <int TYPE>
-static __device__ __forceinline__ void mvq_quantize(const float (&v)[8], int piece, bool on, uint8_t * chunk) {
-    float amax = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        amax = fmaxf(amax, fabsf(v[j]));
-    }
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-    const uint32_t scale   = mvq_scale_bits(amax);
-    const float    inverse = scale ? __fdiv_rn(1.0f, __uint_as_float(scale)) : 0.0f;
-    int q[8], sum = 0;
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        q[j] = __float2int_rn(v[j] * inverse);
-        sum += q[j];
-    }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+// 1.5 * 2^23: for |t| <= 2^22, t + this rounds t half to even into the float's low mantissa
+// bits, whose low byte is then the int8 two's complement of the rounded value.
+static constexpr float    MVQ_ROUNDER      = 12582912.0f;
+static constexpr uint32_t MVQ_ROUNDER_BITS = 0x4b400000u;
 
-    const int quarter = piece & 3;  // the thread's elements 8 quarter .. + 7 of its group
-    uint32_t  out[2];               // the 8 bytes it writes: bytes 8 (piece % 16) .. + 7 of the chunk
+// The 8 bytes one thread writes (bytes 8 (piece % 16) .. + 7 of its chunk) from the low bytes
+// of its eight rounded values q (elements 8 quarter .. + 7 of a group; quarter = piece & 3),
+// exchanged with the group's other three threads where the layout needs it.
+template <int TYPE>
+static __device__ __forceinline__ uint2 mvq_pack(const uint32_t (&q)[8], int quarter) {
     if constexpr (TYPE == BONSAI_TYPE_PTQ1_0) {
-        out[0] = pack_bytes4(q[0], q[1], q[2], q[3]);
-        out[1] = pack_bytes4(q[4], q[5], q[6], q[7]);
+        return make_uint2(pack_bytes4(q[0], q[1], q[2], q[3]), pack_bytes4(q[4], q[5], q[6], q[7]));
     } else if constexpr (TYPE == BONSAI_TYPE_Q1_0) {
         // Word k (0..7) of the group holds element 8 b + k in byte b: thread b holds byte b of
         // every word, and thread t writes words 2t, 2t + 1. A 4 x 4 transpose of the 16-bit pairs
@@ -963,8 +968,7 @@ static __device__ __forceinline__ void mvq_quantize(const float (&v)[8], int pie
         const uint32_t r23 = odd ? __byte_perm(got, keep, 0x7632u) : __byte_perm(keep, got, 0x7632u);
         const uint32_t lo  = upper ? r23 : r01;  // rows 0, 1 as two 16-bit pairs
         const uint32_t hi  = upper ? r01 : r23;  // rows 2, 3
-        out[0] = __byte_perm(lo, hi, 0x6420u);
-        out[1] = __byte_perm(lo, hi, 0x7531u);
+        return make_uint2(__byte_perm(lo, hi, 0x6420u), __byte_perm(lo, hi, 0x7531u));
     } else {
         // Word k of the granule holds element 4 b + k in byte b: this thread holds bytes 2 h,
         // 2 h + 1 (h = quarter & 1) of every word; the even one writes words 0, 1, the odd 2, 3.
@@ -975,13 +979,62 @@ static __device__ __forceinline__ void mvq_quantize(const float (&v)[8], int pie
         }
         const bool     odd = quarter & 1;
         const uint32_t got = __shfl_xor_sync(0xffffffffu, odd ? half[0] | half[1] << 16 : half[2] | half[3] << 16, 1);
-        out[0] = odd ? half[2] << 16 | (got & 0xffffu) : half[0] | got << 16;
-        out[1] = odd ? half[3] << 16 | got >> 16 : half[1] | (got & 0xffff0000u);
+        return odd ? make_uint2(half[2] << 16 | (got & 0xffffu), half[3] << 16 | got >> 16)
+                   : make_uint2(half[0] | got << 16, half[1] | (got & 0xffff0000u));
     }
-    if (on) {
-        *(uint2 *) (chunk + 8 * (piece % 16)) = make_uint2(out[0], out[1]);
-        if (quarter == 0) {
-            *(uint32_t *) (chunk + 128 + 4 * (piece % 16 / 4)) = scale | (uint32_t) (sum & 0xffff);
+}
+
+// NB batches at once, step by step, so that their latencies overlap: in batch b, thread
+// piece[b] of a column rounds the column's elements 8 piece[b] .. + 7, v[b] (four threads, lanes
+// 4k .. 4k + 3, per 32-element group), into chunk[b] (the piece's chunk, laid out as described
+// above). All lanes of the warp take part (the shuffles); where on[b] is false nothing is
+// written. A group's scale is amax / 127 rounded up to bf16 (so that no value rounds past 127),
+// its values round(x * (1 / scale)), half to even, its word (scale bits << 16) | (sum of the
+// values & 0xffff).
+template <int TYPE, int NB>
+static __device__ __forceinline__ void mvq_quantize(const float (&v)[NB][8], const int (&piece)[NB],
+                                                    const bool (&on)[NB], uint8_t * const (&chunk)[NB]) {
+    float amax[NB];
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        amax[b] = fmaxf(fmaxf(fmaxf(fabsf(v[b][0]), fabsf(v[b][1])), fmaxf(fabsf(v[b][2]), fabsf(v[b][3]))),
+                        fmaxf(fmaxf(fabsf(v[b][4]), fabsf(v[b][5])), fmaxf(fabsf(v[b][6]), fabsf(v[b][7]))));
+    }
+#pragma unroll
+    for (int m = 1; m <= 2; m *= 2) {
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            amax[b] = fmaxf(amax[b], __shfl_xor_sync(0xffffffffu, amax[b], m));
+        }
+    }
+    uint32_t scale[NB], q[NB][8], sum[NB];
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        scale[b] = (__float_as_uint(mvq_div127(amax[b])) + 0xffffu) & 0xffff0000u;
+        const float inverse = scale[b] ? mvq_reciprocal(__uint_as_float(scale[b])) : 0.0f;
+        sum[b] = 0u - 8u * MVQ_ROUNDER_BITS;  // the values' sum: their float bits less the rounder's
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            q[b][j] = __float_as_uint(__fadd_rn(__fmul_rn(v[b][j], inverse), MVQ_ROUNDER));
+            sum[b] += q[b][j];
+        }
+    }
+#pragma unroll
+    for (int m = 1; m <= 2; m *= 2) {
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            sum[b] += __shfl_xor_sync(0xffffffffu, sum[b], m);
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        const int  quarter = piece[b] & 3;
+        const uint2 out    = mvq_pack<TYPE>(q[b], quarter);
+        if (on[b]) {
+            *(uint2 *) (chunk[b] + 8 * (piece[b] % 16)) = out;
+            if (quarter == 0) {
+                *(uint32_t *) (chunk[b] + 128 + 4 * (piece[b] % 16 / 4)) = scale[b] | (sum[b] & 0xffffu);
+            }
         }
     }
 }
@@ -1107,10 +1160,12 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32, MVQ_BLOCKS) mvq_kernel(
 
     // The activations: thread t of round j0 rounds task j = j0 + b * (block size) + t of each
     // batch b, elements 8 (j % pieces8) .. + 7 of column j / pieces8. The first round's loads go
-    // out before the weights' first stages, which would otherwise be queued ahead of them, and a
-    // warp skips the batches that hold no task of it. Eight elements a thread (four threads a
-    // group) spread K = 3072 over 12 of the 16 warps.
-    constexpr int  BATCH   = 4;
+    // out before the weights' first stages, which would otherwise be queued ahead of them. A
+    // round's batches are rounded together (their latencies overlap); a warp with no task in a
+    // batch that others have rounds zeros there and writes nothing, one with none in the round
+    // skips it. Eight elements a thread (four threads a group) spread K = 3072 over 12 of the 16
+    // warps.
+    constexpr int  BATCH   = 4;  // batches per round (the cases of the switch below)
     const char *   xs      = (const char *) p.x + i2 * p.x_nb2 + i3 * p.x_nb3;
     const int      pieces8 = 16 * C;  // per column; a multiple of 16, so groups stay in a warp
     const int      tasks   = NC * pieces8;
@@ -1132,8 +1187,29 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32, MVQ_BLOCKS) mvq_kernel(
                     const float4 f = j < tasks ? __ldg(x4 + q) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                     v[b][4 * q] = f.x, v[b][4 * q + 1] = f.y, v[b][4 * q + 2] = f.z, v[b][4 * q + 3] = f.w;
                 }
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    v[b][e] = 0.0f;
+                }
             }
         }
+    };
+    // rounds the first NB batches of round j0 (NB: an std::integral_constant)
+    auto round_batches = [&](int j0, const float (&v)[BATCH][8], auto nb) {
+        constexpr int NB = decltype(nb)::value;
+        int       piece[NB];
+        bool      on[NB];
+        uint8_t * chunk[NB];
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+            const int j   = j0 + b * MVQ_WARPS * 32 + (int) threadIdx.x;
+            const int col = column_of(j);
+            piece[b]      = j - col * pieces8;
+            on[b]         = j < tasks;
+            chunk[b]      = act + col * column + chunk_at(piece[b] / 16);
+        }
+        mvq_quantize<TYPE, NB>(reinterpret_cast<const float (&)[NB][8]>(v), piece, on, chunk);
     };
     float v[BATCH][8];
     load_round(0, v);
@@ -1156,13 +1232,12 @@ static __global__ void __launch_bounds__(MVQ_WARPS * 32, MVQ_BLOCKS) mvq_kernel(
         if (j0 > 0) {
             load_round(j0, v);
         }
-#pragma unroll
-        for (int b = 0; b < BATCH; b++) {
-            if (batch_on(j0, b)) {
-                const int j     = j0 + b * MVQ_WARPS * 32 + (int) threadIdx.x;
-                const int col   = column_of(j);
-                const int piece = j - col * pieces8;
-                mvq_quantize<TYPE>(v[b], piece, j < tasks, act + col * column + chunk_at(piece / 16));
+        if (batch_on(j0, 0)) {
+            switch (min(BATCH, (tasks - j0 + MVQ_WARPS * 32 - 1) / (MVQ_WARPS * 32))) {
+                case 1: round_batches(j0, v, std::integral_constant<int, 1>()); break;
+                case 2: round_batches(j0, v, std::integral_constant<int, 2>()); break;
+                case 3: round_batches(j0, v, std::integral_constant<int, 3>()); break;
+                default: round_batches(j0, v, std::integral_constant<int, 4>()); break;
             }
         }
     }
