@@ -146,18 +146,12 @@ def main() -> int:
     if backend_ops.exists():
         summary["test_backend_ops"] = parse_backend_ops(backend_ops)
         ok &= summary["test_backend_ops"]["failed"] == 0 and summary["test_backend_ops"]["passed"] > 0
-    perf = args.out / "perf.log"
-    if perf.exists():
-        records, lines = perf_tables(parse_perf(perf))
-        summary["perf"] = records
-        print("test-backend-ops perf, MUL_MAT on CUDA0 (TFLOPS for N > 1, us for N = 1):")
-        print("\n".join(lines))
-    perf_graph = args.out / "perf-graph.log"
-    if perf_graph.exists():
-        records, lines = perf_tables(parse_perf(perf_graph))
-        summary["perf_graph"] = records
-        print("the same from ggml's CUDA graphs (no CPU launch per call), us:")
-        print("\n".join(lines))
+    for log, key, title in (("perf.log", "perf", "test-backend-ops perf, MUL_MAT on CUDA0 (TFLOPS for N > 1, us for N = 1):"),
+                            ("perf-graph.log", "perf_graph", "the same from ggml's CUDA graphs (no CPU launch per call):")):
+        if (args.out / log).exists():
+            summary[key], lines = perf_tables(parse_perf(args.out / log))
+            print(title)
+            print("\n".join(lines))
     if args.tiny:
         summary["tiny_model"] = tiny_results(args.tiny)
         summary["tiny_model_min_psnr_db"] = MIN_PSNR_DB
