@@ -20,8 +20,8 @@
 #     run, so that the rest runs node by node as the product does (its build leaves them out).
 #  3. test-backend-ops, CUDA against CPU: MUL_MAT, GET_ROWS and CPY for the four types, DiT
 #     shapes included (backend-ops.log).
-#  4. test-backend-ops perf: the DiT linears for F16, BF16, Q8_0, Q4_0 and the four types
-#     (perf.log); the mat-vec (N = 1) again from ggml's CUDA graphs, without the CPU's launch
+#  4. test-backend-ops perf: the DiT linears for F16, BF16, Q8_0, Q4_0 (ggml's MMQ) and the four
+#     types (perf.log); the mat-vec (N = 1) again from ggml's CUDA graphs, without the CPU's launch
 #     per call (perf-graph.log).
 #  5. a tiny FLUX.2-shaped model (tools/tiny_klein.py) converted to each type with sd-cli and
 #     generated on CUDA and on the CPU (the same binary without a visible GPU) (tiny.log).
@@ -122,7 +122,9 @@ shape='m=(3072|9216|18432|27648|9728|2560),n=NS,k=(3072|9216|12288|2560|9728),bs
 gemm="type_a=(f16|bf16|q8_0|q4_0|q1_0|q2_0|pq2_0|ptq1_0),type_b=f32,${shape/NS/(${BONSAI_CHECK_PERF_N:-512|4096|4608})}"
 matvec="type_a=(f16|bf16|q1_0|q2_0|pq2_0|ptq1_0),type_b=f32,${shape/NS/1}"
 {
-    "$tbo" perf -b CUDA0 -o MUL_MAT -p "$gemm" &&
+    # Q8_0 and Q4_0 through ggml's MMQ, the baseline the issue names (by default bonsai-sd sends
+    # them at >= 256 tokens on Hopper through bf16 cuBLAS: cpp/cuda/cuda-quantized-gemm.cu)
+    BONSAI_SD_CUDA_MMQ=1 "$tbo" perf -b CUDA0 -o MUL_MAT -p "$gemm" &&
         "$tbo" perf -b CUDA0 -o MUL_MAT -p "$matvec"
 } > "$out/perf.log" 2>&1 || status=1
 env -u GGML_CUDA_DISABLE_GRAPHS "$tbo" perf -b CUDA0 -o MUL_MAT -p "$matvec" > "$out/perf-graph.log" 2>&1 || status=1
