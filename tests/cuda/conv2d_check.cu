@@ -28,7 +28,7 @@
 // OH OW per call), and their sum weighted by how often the decode runs each shape.
 
 #include "cuda-conv2d.h"
-#include "cuda-ok.h"
+#include "check-main.h"
 
 #include <cuda_fp16.h>
 
@@ -36,7 +36,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 static int g_failures = 0;
@@ -310,17 +309,10 @@ static void check_declines() {
 int main(int argc, char ** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);
     bool perf = true;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--no-perf")) {
-            perf = false;
-        } else {
-            fprintf(stderr, "usage: %s [--no-perf]\n", argv[0]);
-            return 2;
-        }
+    if (!parse_check_args(argc, argv, &perf)) {
+        return 2;
     }
-    cudaDeviceProp prop;
-    CUDA_OK(cudaGetDeviceProperties(&prop, 0));
-    printf("device: %s, sm_%d%d, %d SMs\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+    print_check_device();
 
     // Small and odd shapes, every output checked.
     std::vector<Case> small = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch_timing import time_call  # beside this script
 
 # (name, size, IC, OC, kernel, how many per decode), as in conv2d_check.cu
 SHAPES = [
@@ -33,20 +34,6 @@ SHAPES = [
 ]
 
 
-def time_call(fn, reps: int = 10) -> float:
-    """Milliseconds per call, after three warm-up calls."""
-    for _ in range(3):
-        fn()
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
-
-
 def main() -> None:
     torch.backends.cudnn.benchmark = True
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
@@ -58,12 +45,12 @@ def main() -> None:
         b = torch.randn(oc, device="cuda", dtype=torch.float16)
         flop = 2.0 * oc * ic * k * k * size * size
         total_flop += flop * count
-        ms = time_call(lambda: F.conv2d(x, w, b, padding=k // 2))
+        ms = time_call(lambda: F.conv2d(x, w, b, padding=k // 2), reps=10)
         totals["cudnn"] += ms * count
         line = f"{name:34s} cudnn {ms:8.3f} ms {flop / (ms * 1e-3) / 1e12:6.1f} TFLOPS"
         cols = torch.rand(ic * k * k, size * size, device="cuda", dtype=torch.float16)
         w2 = w.reshape(oc, -1)
-        ms = time_call(lambda: torch.mm(w2, cols))
+        ms = time_call(lambda: torch.mm(w2, cols), reps=10)
         totals["gemm"] += ms * count
         print(f"{line} | gemm {ms:8.3f} ms {flop / (ms * 1e-3) / 1e12:6.1f} TFLOPS", flush=True)
         del x, cols

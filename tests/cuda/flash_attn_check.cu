@@ -16,7 +16,7 @@
 // in sd.cpp's layout, in TFLOPS (4 L^2 128 heads per call).
 
 #include "cuda-flash-attn.h"
-#include "cuda-ok.h"
+#include "check-main.h"
 
 #include <cuda_fp16.h>
 
@@ -24,7 +24,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <vector>
 
 static int g_failures = 0;
@@ -308,17 +307,10 @@ static void time_flux(int64_t L, int64_t H) {
 int main(int argc, char ** argv) {
     setvbuf(stdout, nullptr, _IOLBF, 0);
     bool perf = true;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--no-perf")) {
-            perf = false;
-        } else {
-            fprintf(stderr, "usage: %s [--no-perf]\n", argv[0]);
-            return 2;
-        }
+    if (!parse_check_args(argc, argv, &perf)) {
+        return 2;
     }
-    cudaDeviceProp prop;
-    CUDA_OK(cudaGetDeviceProperties(&prop, 0));
-    printf("device: %s, sm_%d%d, %d SMs\n", prop.name, prop.major, prop.minor, prop.multiProcessorCount);
+    const cudaDeviceProp prop = print_check_device();
     if (prop.major != 9 || prop.minor != 0) {
         printf("the kernel is sm_90a code: nothing to check here\n");
         return 2;

@@ -12,20 +12,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-
-def time_call(fn, reps: int = 20) -> float:
-    """Milliseconds per call, after three warm-up calls."""
-    for _ in range(3):
-        fn()
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+from torch_timing import time_call  # beside this script
 
 
 def main() -> None:
@@ -41,7 +28,7 @@ def main() -> None:
         for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
             try:
                 with sdpa_kernel(backend):
-                    ms = time_call(lambda: F.scaled_dot_product_attention(q, k, v))
+                    ms = time_call(lambda: F.scaled_dot_product_attention(q, k, v), reps=20)
             except RuntimeError as err:  # a backend this build or GPU lacks
                 print(f"sdpa {str(dtype)[6:]:8s} {backend.name:20s} unavailable: {str(err).splitlines()[0][:80]}")
                 continue

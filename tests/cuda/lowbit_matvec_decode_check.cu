@@ -16,6 +16,7 @@
 // the products' magnitudes (f32 sums of exact integer products).
 
 #include "lowbit-cuda-ops.cu"
+#include "cuda-ok.h"
 #include "matvec-rounding.h"
 
 #include <cmath>
@@ -152,15 +153,6 @@ template <int TYPE> static bool check_type(const char * name) {
 
 // ---- GPU: the activation rounding ----------------------------------------------------------
 
-#define GPU_OK(call)                                                                   \
-    do {                                                                               \
-        const cudaError_t err_ = (call);                                               \
-        if (err_ != cudaSuccess) {                                                     \
-            fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(err_)); \
-            return false;                                                              \
-        }                                                                              \
-    } while (0)
-
 // One warp rounds `rounds` rounds of NB batches of 32 pieces (8 elements each) of x into
 // chunks laid end to end (MVQ_CHUNK bytes each); the last batch of the last round is marked
 // off when `skip_last`, and must leave its bytes as they were.
@@ -237,14 +229,14 @@ template <int TYPE, int NB> static bool check_rounding(const char * name, bool s
     }
     float *   x_dev   = nullptr;
     uint8_t * out_dev = nullptr;
-    GPU_OK(cudaMalloc(&x_dev, x.size() * sizeof(float)));
-    GPU_OK(cudaMalloc(&out_dev, want.size()));
-    GPU_OK(cudaMemcpy(x_dev, x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice));
-    GPU_OK(cudaMemset(out_dev, 0xab, want.size()));
+    CUDA_OK(cudaMalloc(&x_dev, x.size() * sizeof(float)));
+    CUDA_OK(cudaMalloc(&out_dev, want.size()));
+    CUDA_OK(cudaMemcpy(x_dev, x.data(), x.size() * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemset(out_dev, 0xab, want.size()));
     quantize_kernel<TYPE, NB><<<1, 32>>>(x_dev, out_dev, rounds, skip_last);
-    GPU_OK(cudaGetLastError());
+    CUDA_OK(cudaGetLastError());
     std::vector<uint8_t> got(want.size());
-    GPU_OK(cudaMemcpy(got.data(), out_dev, got.size(), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(got.data(), out_dev, got.size(), cudaMemcpyDeviceToHost));
     cudaFree(x_dev);
     cudaFree(out_dev);
     size_t bad = 0;
@@ -282,13 +274,13 @@ static bool check_divisions() {
     }
     const int n = (int) a.size();
     float *   dev = nullptr;
-    GPU_OK(cudaMalloc(&dev, 3 * a.size() * sizeof(float)));
-    GPU_OK(cudaMemcpy(dev, a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMalloc(&dev, 3 * a.size() * sizeof(float)));
+    CUDA_OK(cudaMemcpy(dev, a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice));
     division_kernel<<<(n + 255) / 256, 256>>>(dev, dev + n, dev + 2 * (size_t) n, n);
-    GPU_OK(cudaGetLastError());
+    CUDA_OK(cudaGetLastError());
     std::vector<float> quotient(a.size()), reciprocal(a.size());
-    GPU_OK(cudaMemcpy(quotient.data(), dev + n, a.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    GPU_OK(cudaMemcpy(reciprocal.data(), dev + 2 * (size_t) n, a.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(quotient.data(), dev + n, a.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(reciprocal.data(), dev + 2 * (size_t) n, a.size() * sizeof(float), cudaMemcpyDeviceToHost));
     cudaFree(dev);
     size_t bad_q = 0, bad_r = 0;
     for (size_t i = 0; i < quotients; i++) {
